@@ -1,0 +1,1 @@
+"""hybrid_jax: JAX/Flax hybrid audio + metadata language-based audio retrieval."""
