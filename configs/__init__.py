@@ -1,0 +1,1 @@
+"""Experiment configs (ml-collections); one file per row of the paper's tables."""

@@ -1,0 +1,11 @@
+"""Table I, AudioCaps: bert-large hybrid, AudioSet labels, late fusion. Paper: 58.56 mAP@10.
+
+Run: python -m hybrid_jax.train --config configs/audiocaps_large_late.py --workdir workdirs/audiocaps_large_late
+"""
+from configs import audiocaps_late
+
+
+def get_config():
+    config = audiocaps_late.get_config()
+    config.model.text.checkpoint = "pretrained/bert-large-uncased"  # tools/convert_bert.py output
+    return config

@@ -1,0 +1,13 @@
+"""Table I, AudioCaps: hybrid, AudioSet labels (closed-set tags), late fusion. Paper: 57.83.
+
+Run: python -m hybrid_jax.train --config configs/audiocaps_late.py --workdir workdirs/audiocaps_late
+"""
+from configs import clotho_late
+
+
+def get_config():
+    config = clotho_late.get_config()
+    config.data.name = "audiocaps"  # prepared with python -m hybrid_jax.prepare audiocaps
+    config.data.clip_seconds = 10.0  # one 10 s window
+    config.data.metadata = "labels"  # AudioSet display names joined by spaces
+    return config

@@ -1,0 +1,81 @@
+"""Shared defaults: the paper's recipe on ClothoV2 with the content-only baseline.
+
+Not run directly; the per-experiment configs import it and override a few keys.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = model = ml_collections.ConfigDict()
+    model.dtype = "auto"  # compute dtype: "auto" = bfloat16 on GPU/TPU, float32 on CPU; params stay float32
+    model.audio = audio = ml_collections.ConfigDict()
+    audio.checkpoint = "pretrained/mn40_as_ext"  # dir from tools/convert_efficientat.py; None = random init
+    audio.width_mult = 4.0  # MobileNetV3 width, used only when checkpoint is None
+    audio.window_seconds = 10.0  # the CNN sees 10 s windows (hop 10 s); tokens are concatenated
+    audio.depthwise = "auto"  # depthwise conv: "auto" (shifted-sum on CPU, native on GPU/TPU), "shifted", "native"
+    audio.freq_mask_bins = 48  # SpecAugment: max width of the one frequency mask (of 128 mel bins)
+    audio.time_mask_frames = 192  # SpecAugment: max width of the one time mask per 10 s window
+    audio.jitter_band_edges = True  # training-time random fmin/fmax of the mel bank (EfficientAT)
+    model.text = text = ml_collections.ConfigDict()
+    text.checkpoint = "pretrained/bert-base-uncased"  # dir from tools/convert_bert.py, or "minilm" (packaged)
+    text.dropout = 0.2  # hidden and attention dropout of BERT (recipe value; overrides config.json)
+    text.max_length = 32  # tokens after WordPiece, padded/truncated
+    text.trainable = True  # fine-tune BERT (False: frozen, only the projections learn)
+    text.separate_metadata_encoder = False  # a second BERT + projection for metadata (ablation)
+    text.remat = False  # rematerialise BERT layers in the backward pass
+    model.pooling = pooling = ml_collections.ConfigDict()
+    pooling.dim = 768  # width of the pooling transformer
+    pooling.num_layers = 1  # pre-norm layers (not published; the code default 0 = mean pooling)
+    pooling.num_heads = 12  # attention heads
+    pooling.mlp_dim = 2048  # feed-forward width
+    pooling.dropout = 0.1  # dropout in the pooling transformer
+    pooling.max_len = 192  # max audio tokens (30 s = 96 tokens)
+    model.fusion = fusion = ml_collections.ConfigDict()
+    fusion.mode = "none"  # "none" (content-only), "late", "mid", "metadata_only"
+    fusion.embed_dim = 1024  # retrieval space width
+    model.temperature = 0.05  # NT-Xent tau (initial value when learned)
+    model.learn_temperature = False  # learn tau (older authors' code: True with init 0.02)
+
+    config.data = data = ml_collections.ConfigDict()
+    data.name = "clotho"  # prepared dataset: "clotho", "audiocaps", "wavcaps_freesound"
+    data.extra_train = ()  # further datasets mixed into training, e.g. ("audiocaps",)
+    data.data_dir = "data/tfds"  # where `python -m hybrid_jax.prepare` wrote the datasets
+    data.train_split = "train"  # split used for training
+    data.val_split = "validation"  # split for model selection (mAP@10 every epoch)
+    data.test_split = "test"  # split reported at the end with the best checkpoint
+    data.eval_name = ""  # dataset for validation/test if not data.name (WavCaps rows test on Clotho)
+    data.clip_seconds = 30.0  # crop (random) / zero-pad every clip to this length (Clotho 30, AudioCaps 10)
+    data.metadata = "keywords"  # "keywords" (OS tags), "labels" (AudioSet names), "caption" (FS), "none"
+    data.metadata_dropout = 0.0  # training: drop an item's metadata with this probability
+    data.worker_count = 0  # Grain worker processes (0 = in-process; faster on 2 cores)
+    data.synthetic = False  # generate + prepare the offline synthetic Clotho-format set if missing
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.peak_lr = 2e-5  # after the warm-up
+    optim.final_lr = 1e-7  # reached at decay_end_epoch, then constant
+    optim.warmup_epochs = 1.0  # linear warm-up from 0
+    optim.decay_end_epoch = 20.0  # end of the cosine decay
+    optim.b1 = 0.9  # Adam beta1
+    optim.b2 = 0.999  # Adam beta2
+    optim.eps = 1e-8  # Adam epsilon
+    optim.clip_grad_norm = 0.0  # global-norm clipping (0 = off, as in the recipe)
+
+    config.train = train = ml_collections.ConfigDict()
+    train.batch_size = 32  # global batch (pairs) across all devices and hosts
+    train.num_epochs = 25  # training length
+    train.max_steps = 0  # stop after this many steps (0 = num_epochs); for smoke tests and resume tests
+    train.seed = 0  # parameter init, augmentation and data order
+    train.log_every_steps = 10  # metrics.jsonl / TensorBoard cadence
+    train.checkpoint_every_steps = 0  # extra "latest" checkpoints (0 = at each epoch end only)
+
+    config.mesh = mesh = ml_collections.ConfigDict()
+    mesh.shape = (("data", -1), ("fsdp", 1))  # axis sizes; -1 fills with the remaining devices
+    mesh.rules = ()  # (regex on the parameter path, PartitionSpec axes) pairs; unmatched: replicated
+
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.batch_size = 32  # items / queries per embedding batch
+    ev.every_epochs = 1  # validation cadence
+    ev.missing_metadata = 0.0  # fraction of evaluation items whose metadata is removed
+    return config

@@ -1,0 +1,12 @@
+"""Table I, ClothoV2: hybrid, open-set keywords, late fusion. Paper: 29.16 mAP@10.
+
+Run: python -m hybrid_jax.train --config configs/clotho_late.py --workdir workdirs/clotho_late
+"""
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.fusion.mode = "late"  # normalize(audio + keywords)
+    config.data.metadata = "keywords"  # Clotho FreeSound keywords joined by spaces
+    return config

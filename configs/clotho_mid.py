@@ -1,0 +1,12 @@
+"""Table I, ClothoV2: hybrid, open-set keywords, mid-level fusion. Paper: 28.25 mAP@10.
+
+Run: python -m hybrid_jax.train --config configs/clotho_mid.py --workdir workdirs/clotho_mid
+"""
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.fusion.mode = "mid"  # metadata token in the pooling transformer, gated experts
+    config.data.metadata = "keywords"  # Clotho FreeSound keywords
+    return config

@@ -1,0 +1,145 @@
+"""Builds the retrieval model from a config and loads the converted pretrained towers into it."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hybrid_jax import frontend, pretrained, text
+from hybrid_jax.bert import BertConfig
+from hybrid_jax.model import AudioSettings, PoolingSettings, RetrievalModel
+
+MINILM = "minilm"  # config.model.text.checkpoint value for the packaged offline MiniLM
+
+
+def compute_dtype(name: str):
+    """"auto": bfloat16 on accelerators, float32 on CPU (XLA:CPU bf16 convs are slow)."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _require_dir(path: str, what: str) -> pathlib.Path:
+    directory = pathlib.Path(path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{what} checkpoint {directory} not found: convert the released weights first "
+            f"(see README, 'Pretrained weights') or set the config key to its location"
+        )
+    return directory
+
+
+def text_checkpoint_dir(path: str) -> pathlib.Path:
+    """The converted BERT directory; "minilm" converts the packaged MiniLM once into a cache."""
+    if path != MINILM:
+        return _require_dir(path, "text (config.model.text.checkpoint)")
+    from hybrid_jax import convert_bert
+
+    cache = pathlib.Path.home() / ".cache" / "hybrid_jax" / "minilm"
+    if not (cache / "variables.safetensors").is_file():
+        convert_bert.convert_checkpoint(text.minilm_package_dir(), cache)
+    return cache
+
+
+@dataclasses.dataclass
+class Built:
+    """The model plus what is needed to initialise it from pretrained towers."""
+
+    model: RetrievalModel
+    tokenizer: Any  # hybrid_jax.text.Tokenizer
+    audio_variables: dict | None  # converted MobileNetV3 variables (None: random init)
+    text_variables: dict  # converted BERT variables
+
+
+def build(model_config: ml_collections.ConfigDict) -> Built:
+    """Reads the converted towers named in ``config.model`` and constructs ``RetrievalModel``."""
+    audio_cfg, text_cfg = model_config.audio, model_config.text
+    mel = frontend.MelConfig(
+        freq_mask_bins=audio_cfg.freq_mask_bins,
+        time_mask_frames=audio_cfg.time_mask_frames,
+        fmin_aug_range=10 if audio_cfg.jitter_band_edges else 1,
+        fmax_aug_range=2000 if audio_cfg.jitter_band_edges else 0,
+        fmax=15000.0,
+    )
+    audio_variables, width = None, audio_cfg.width_mult
+    if audio_cfg.checkpoint and model_config.fusion.mode != "metadata_only":
+        encoder = pretrained.load_audio_encoder(_require_dir(audio_cfg.checkpoint, "audio (config.model.audio.checkpoint)"))
+        width = encoder.width_mult
+        mel = dataclasses.replace(
+            encoder.mel_config,
+            freq_mask_bins=mel.freq_mask_bins,
+            time_mask_frames=mel.time_mask_frames,
+            fmax=encoder.mel_config.fmax_hz,
+            fmin_aug_range=mel.fmin_aug_range,
+            fmax_aug_range=mel.fmax_aug_range,
+        )
+        audio_variables = encoder.variables
+    text_encoder = pretrained.load_text_encoder(text_checkpoint_dir(text_cfg.checkpoint))
+    bert_config = dataclasses.replace(
+        text_encoder.config,
+        hidden_dropout_prob=text_cfg.dropout,
+        attention_probs_dropout_prob=text_cfg.dropout,
+    )
+    tokenizer = text_encoder.tokenizer
+    tokenizer.max_length = text_cfg.max_length
+    model = RetrievalModel(
+        audio=AudioSettings(
+            width_mult=width,
+            window_seconds=audio_cfg.window_seconds,
+            mel=mel,
+            depthwise=audio_cfg.depthwise,
+        ),
+        text=bert_config,
+        pooling=PoolingSettings(**model_config.pooling.to_dict()),
+        fusion=model_config.fusion.mode,
+        embed_dim=model_config.fusion.embed_dim,
+        separate_metadata_encoder=text_cfg.separate_metadata_encoder,
+        text_trainable=text_cfg.trainable,
+        text_remat=text_cfg.remat,
+        learn_temperature=model_config.learn_temperature,
+        initial_temperature=model_config.temperature,
+        dtype=compute_dtype(model_config.dtype),
+    )
+    return Built(model, tokenizer, audio_variables, text_encoder.variables)
+
+
+def _graft(target: dict, source: dict, where: str) -> dict:
+    """Copies ``source`` arrays into the matching subtree of ``target``; every target leaf must be
+    provided with the same shape (extra source leaves, e.g. a classifier head, are ignored)."""
+    out = {}
+    for key, value in target.items():
+        path = f"{where}/{key}"
+        if key not in source:
+            raise ValueError(f"pretrained weights lack {path}")
+        if isinstance(value, dict):
+            out[key] = _graft(value, source[key], path)
+        else:
+            got = np.asarray(source[key])
+            if got.shape != value.shape:
+                raise ValueError(f"pretrained {path} has shape {got.shape}, the model expects {value.shape}")
+            out[key] = jnp.asarray(got, value.dtype)
+    return out
+
+
+def load_pretrained(built: Built, variables: dict) -> dict:
+    """Returns ``variables`` with the converted towers grafted in (the rest stays as initialised)."""
+    params = dict(variables["params"])
+    batch_stats = dict(variables.get("batch_stats", {}))
+    encoders = ["bert"] + (["meta_bert"] if "meta_bert" in params else [])
+    for name in encoders:
+        params[name] = _graft(params[name], built.text_variables["params"], f"params/{name}")
+    if built.audio_variables is not None and "audio_tower" in params:
+        tower = dict(params["audio_tower"])
+        tower["mobilenet"] = _graft(tower["mobilenet"], built.audio_variables["params"], "params/audio_tower/mobilenet")
+        params["audio_tower"] = tower
+        stats = dict(batch_stats["audio_tower"])
+        stats["mobilenet"] = _graft(
+            stats["mobilenet"], built.audio_variables["batch_stats"], "batch_stats/audio_tower/mobilenet"
+        )
+        batch_stats["audio_tower"] = stats
+    return {"params": params, "batch_stats": batch_stats}

@@ -1,0 +1,76 @@
+"""Orbax checkpoints of the training state: the latest and the best (by validation mAP@10).
+
+The one Orbax touch-point of the project. Each checkpoint holds the sharded train state (``state``:
+params, batch stats, optimizer state, step, RNG) and a JSON ``meta`` item (epoch, data-iterator
+state, best metric), so a restart with the same workdir resumes exactly. Saving is asynchronous;
+Orbax writes into a temporary directory and renames it, so an interrupted save never looks complete.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """Two managers under ``workdir/checkpoints``: ``latest`` and ``best``."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep_latest: int = 1):
+        root = pathlib.Path(workdir).absolute() / "checkpoints"
+        options = lambda keep: ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)  # noqa: E731
+        self.latest = ocp.CheckpointManager(root / "latest", options=options(keep_latest), item_names=("state", "meta"))
+        self.best = ocp.CheckpointManager(root / "best", options=options(1), item_names=("state", "meta"))
+
+    @staticmethod
+    def _save(manager, step: int, state: Any, meta: dict) -> None:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def save_latest(self, step: int, state: Any, meta: dict) -> None:
+        if step not in self.latest.all_steps():
+            self._save(self.latest, step, state, meta)
+
+    def save_best(self, step: int, state: Any, meta: dict) -> None:
+        self._save(self.best, step, state, meta)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, which: str, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores ``which`` ("latest" or "best") onto the shardings of ``abstract_state``
+        (a tree of ``jax.ShapeDtypeStruct`` with shardings). Returns (state, meta)."""
+        manager = self.latest if which == "latest" else self.best
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no {which} checkpoint under {manager.directory}")
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        )
+        return restored["state"], restored["meta"]
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def restore_from_path(path: str | pathlib.Path, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores a single checkpoint step directory (``.../latest/<step>``) given explicitly."""
+    path = pathlib.Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: checkpoint directory not found")
+    with ocp.CheckpointManager(path.parent, item_names=("state", "meta")) as manager:
+        restored = manager.restore(
+            int(path.name),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        )
+    return restored["state"], restored["meta"]
+
+
+def abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a tree of arrays, for restoring onto that layout."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
