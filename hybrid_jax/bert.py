@@ -131,7 +131,10 @@ class BertSelfAttention(nn.Module):
         )(hidden).reshape(heads)
         query, key, value = project("query"), project("key"), project("value")
         if train and cfg.attention_probs_dropout_prob > 0:
-            context = self._attention_with_dropout(query, key, value, mask)
+            context = attention_with_dropout(
+                query, key, value, mask,
+                rate=cfg.attention_probs_dropout_prob, rng=self.make_rng("dropout"),
+            )
         else:
             # jax.nn.dot_product_attention can use a fused kernel on accelerators, but it has no
             # dropout on the attention probabilities, hence the explicit path above for training.
@@ -140,16 +143,22 @@ class BertSelfAttention(nn.Module):
             )
         return context.reshape(batch, length, cfg.hidden_size)
 
-    def _attention_with_dropout(self, query: Array, key: Array, value: Array, mask: Array) -> Array:
-        """The same computation as the fused call, with dropout on the probabilities (as HF)."""
-        logits = jnp.einsum(
-            "btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32
-        ) / jnp.sqrt(jnp.float32(self.config.head_dim))
-        # A large finite negative (not -inf) as in jax.nn.dot_product_attention and HF's finfo.min.
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(self.config.attention_probs_dropout_prob, deterministic=False)(probs)
-        return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+
+def attention_with_dropout(
+    query: Array, key: Array, value: Array, mask: Array, *, rate: float, rng: Array
+) -> Array:
+    """``jax.nn.dot_product_attention`` with dropout on the probabilities, as HF trains BERT.
+
+    query, key, value [B, L, N, Dh]; mask [B, 1, 1, L] bool (True = attend) -> [B, L, N, Dh].
+    """
+    scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
+    # A large finite negative (not -inf) as in jax.nn.dot_product_attention and HF's finfo.min.
+    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    if rate > 0:
+        keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - rate), 0.0)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
 
 
 class BertAddNorm(nn.Module):
