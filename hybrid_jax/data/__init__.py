@@ -1,0 +1,1 @@
+"""Dataset preparation (TFDS builders for Clotho, AudioCaps, WavCaps) and Grain input pipelines."""

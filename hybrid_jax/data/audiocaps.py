@@ -1,0 +1,169 @@
+"""TFDS builder for AudioCaps: the CSVs, the user's audio under any common naming, AudioSet labels."""
+from __future__ import annotations
+
+import collections
+import pathlib
+import re
+
+from hybrid_jax.data import csv_io
+from hybrid_jax.data.builder import CaptionAudioBuilder, Item, SplitPlan
+from hybrid_jax.data.file_index import AudioFiles
+from hybrid_jax.data.report import SplitReport
+
+SPLITS = {"train": "train", "validation": "val", "test": "test"}
+# Where the CSVs live in the common layouts, in order of preference (v1 before v2: the paper's).
+_CSV_DIRS = (".", "csv_files_v1", "AUDIOCAPS/csv_files_v1", "AUDIOCAPS", "dataset",
+             "csv_files_v2", "AUDIOCAPS/csv_files_v2", "dataset2.0")
+# File stems of the download tools (datasets.md §2.2); YouTube ids are exactly 11 characters.
+_CLIP_STEM = re.compile(r"^Y?(?P<ytid>[\w-]{11})_(?P<start>\d+)(?:\.\d+)?$")  # aac-datasets
+_MS_STEM = re.compile(r"^Y?(?P<ytid>[\w-]{11})_(?P<start_ms>\d+)_(?P<end_ms>\d+)$")  # xieh97
+_YTID_STEM = re.compile(r"^Y?(?P<ytid>[\w-]{11})$")  # PANNs / salsa mirrors
+_CAPTION_ID_STEM = re.compile(r"^\d{1,9}$")  # audiocaps-download, one copy per caption
+
+
+def find_csv_dir(root: pathlib.Path) -> pathlib.Path:
+    for rel in _CSV_DIRS:
+        folder = root / rel
+        if any((folder / f"{name}.csv").is_file() for name in SPLITS.values()):
+            return folder
+    raise FileNotFoundError(
+        f"no AudioCaps train.csv/val.csv/test.csv in {root} or its {list(_CSV_DIRS[1:])} subfolders"
+    )
+
+
+class AudioNames:
+    """The audio files indexed by every naming scheme the download tools use."""
+
+    def __init__(self, files: AudioFiles):
+        self.files = files
+        self.by_clip, self.by_ytid, self.by_caption_id = {}, {}, {}
+        for stem, paths in files.by_stem.items():
+            if m := _CLIP_STEM.match(stem):
+                self.by_clip.setdefault((m["ytid"], int(m["start"])), paths[0])
+            elif m := _MS_STEM.match(stem):
+                self.by_clip.setdefault((m["ytid"], int(m["start_ms"]) // 1000), paths[0])
+            elif m := _YTID_STEM.match(stem):
+                self.by_ytid.setdefault(m["ytid"], paths[0])
+            elif _CAPTION_ID_STEM.match(stem):
+                self.by_caption_id[stem] = paths
+        for (ytid, _), path in self.by_clip.items():
+            self.by_ytid.setdefault(ytid, path)
+
+    def find(self, ytid: str, start: int, caption_ids: list[str]) -> tuple[pathlib.Path, str | None] | None:
+        """Clip -> (path, fix or None): by (ytid, start), by caption id, then by ytid alone."""
+        if (ytid, start) in self.by_clip:
+            return self.by_clip[(ytid, start)], None
+        copies = [p for cid in caption_ids for p in self.by_caption_id.get(cid, [])]
+        if copies:
+            for extra in copies[1:]:  # the other per-caption copies of the same clip
+                self.files.claim(extra)
+            return copies[0], f"found by audiocap_id ({copies[0].name}; {len(copies)} copies)"
+        if ytid in self.by_ytid:
+            return self.by_ytid[ytid], f"matched by youtube id only ({self.by_ytid[ytid].name})"
+        return None
+
+
+def load_audioset_labels(root: pathlib.Path, notes: list[str]):
+    """-> (labels by (ytid, start s), labels by ytid), display names; empty when files are absent.
+
+    ``class_labels_indices.csv`` has quoted display names with commas; the segment files
+    have ``#`` comment lines and comma+space rows. All three segment files are joined.
+    """
+    index_files = sorted(root.rglob("class_labels_indices.csv"))
+    if not index_files:
+        notes.append("class_labels_indices.csv not found: AudioSet label keywords are empty")
+        return {}, {}
+    table = csv_io.read_table(index_files[0])
+    csv_io.require_columns(table, ["mid", "display_name"], index_files[0])
+    names = {row["mid"].strip(): row["display_name"].strip() for row in table.rows}
+    by_clip, by_ytid = {}, {}
+    segment_files = sorted(root.rglob("*_segments.csv"))
+    if not segment_files:
+        notes.append("no *_segments.csv found: AudioSet label keywords are empty")
+    for path in segment_files:
+        columns = ["YTID", "start_seconds", "end_seconds", "positive_labels"]
+        for row in csv_io.read_table(path, fieldnames=columns, comment="#", skip_initial_space=True).rows:
+            try:
+                start = int(float(row["start_seconds"]))
+            except ValueError:
+                continue
+            mids = [m.strip() for m in row["positive_labels"].split(",") if m.strip()]
+            labels = [names.get(m, m) for m in mids]
+            by_clip.setdefault((row["YTID"].strip(), start), labels)
+            by_ytid.setdefault(row["YTID"].strip(), labels)
+    return by_clip, by_ytid
+
+
+class Audiocaps(CaptionAudioBuilder):
+    """AudioCaps (v1 or v2 CSVs): clips keyed by (youtube_id, start_time), AudioSet labels as keywords."""
+
+    name = "audiocaps"
+    KEYWORD_KIND = "labels"
+    HOMEPAGE = "https://audiocaps.github.io/"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Put AudioCaps' train.csv/val.csv/test.csv and your downloaded audio (any of the
+    aac-datasets, audiocaps-download, xieh97 or Y{ytid} namings) under --source, plus
+    AudioSet's class_labels_indices.csv and *_segments.csv for the label keywords.
+    """
+
+    def __init__(self, *, csv_dir: str | None = None, **kwargs):
+        self._csv_dir = csv_dir
+        super().__init__(**kwargs)
+
+    def plan(self, root: pathlib.Path) -> dict[str, SplitPlan]:
+        csv_dir = pathlib.Path(self._csv_dir) if self._csv_dir else find_csv_dir(root)
+        self.layout = f"CSVs in {csv_dir}"
+        files = AudioFiles([root])
+        names = AudioNames(files)
+        by_clip, by_ytid = load_audioset_labels(root, self.notes)
+        plans = {}
+        for split, csv_name in SPLITS.items():
+            path = csv_dir / f"{csv_name}.csv"
+            if not path.is_file():
+                self.notes.append(f"{path.name} not found: split {split} skipped")
+                continue
+            plans[split] = self._plan_split(path, names, by_clip, by_ytid)
+        self.unused_files = files.unclaimed()
+        return plans
+
+    def _plan_split(self, path, names: AudioNames, by_clip, by_ytid) -> SplitPlan:
+        report = SplitReport()
+        table = csv_io.read_table(path)
+        csv_io.require_columns(table, ["audiocap_id", "youtube_id", "start_time", "caption"], path)
+        if table.encoding != "utf-8":
+            report.fix(path.name, f"not UTF-8: decoded as {table.encoding}")
+        clips = collections.defaultdict(list)  # (ytid, start) -> rows, in CSV order
+        for row in table.rows:
+            try:
+                clips[(row["youtube_id"].strip(), int(float(row["start_time"])))].append(row)
+            except ValueError:
+                report.rows_read += 1
+                report.reject(f"{row['youtube_id']}_{row['start_time']}", f"bad start_time {row['start_time']!r}")
+        items = []
+        for (ytid, start), rows in clips.items():
+            report.rows_read += 1
+            clip = f"{ytid}_{start}"
+            captions = [r["caption"] for r in rows if r["caption"].strip()]
+            caption_ids = [r["audiocap_id"].strip() for r in rows if r["caption"].strip()]
+            if not captions:
+                report.reject(clip, "no captions for the clip")
+                continue
+            found = names.find(ytid, start, [r["audiocap_id"].strip() for r in rows])
+            if found is None:
+                report.reject(clip, "audio missing (removed from YouTube or not downloaded)")
+                continue
+            audio, fix = found
+            if audio in names.files.claimed:
+                report.reject(clip, f"same audio file as another clip ({audio.name})")
+                continue
+            names.files.claim(audio)
+            if fix:
+                report.fix(clip, fix)
+            labels = by_clip.get((ytid, start))
+            if labels is None and ytid in by_ytid:
+                labels = by_ytid[ytid]
+                report.conversions["AudioSet labels joined by youtube id only"] += 1
+            if not labels:
+                report.conversions["no AudioSet labels (metadata missing)"] += 1
+            items.append(Item(clip, audio, audio.name, captions, list(labels or []), clip, caption_ids))
+        return SplitPlan(items, report)
