@@ -1,0 +1,156 @@
+"""EfficientAT's log-mel front end (``AugmentMelSTFT``) in JAX: eval mode, plus jitter and SpecAugment."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PREEMPHASIS = 0.97
+LOG_OFFSET = 1e-5
+# EfficientAT's fixed normalisation of the log-mel: (x + 4.5) / 5.
+NORM_SHIFT = 4.5
+NORM_SCALE = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MelConfig:
+    """Front-end settings; the defaults are those of every released plain ``mn*`` checkpoint."""
+
+    sample_rate: int = 32000
+    n_mels: int = 128
+    n_fft: int = 1024
+    win_length: int = 800
+    hop_length: int = 320
+    fmin: float = 0.0
+    fmax: Optional[float] = None  # None -> sample_rate // 2 - fmax_aug_range // 2 (15 kHz at 32 kHz)
+    fmin_aug_range: int = 10
+    fmax_aug_range: int = 2000
+    freq_mask_bins: int = 0  # SpecAugment, training only; 0 disables (EfficientAT's AudioSet setting)
+    time_mask_frames: int = 0
+
+    @property
+    def fmax_hz(self) -> float:
+        if self.fmax is None:
+            return float(self.sample_rate // 2 - self.fmax_aug_range // 2)
+        return float(self.fmax)
+
+    def num_frames(self, num_samples: int) -> int:
+        """T for a waveform of L samples: pre-emphasis drops one sample before the centred STFT."""
+        return 1 + (num_samples - 1) // self.hop_length
+
+
+def hann_window(length: int) -> np.ndarray:
+    """Symmetric Hann (torch ``periodic=False``): w[n] = 0.5 - 0.5 cos(2 pi n / (length - 1))."""
+    n = np.arange(length, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / (length - 1))).astype(np.float32)
+
+
+def _mel(freq):
+    return 1127.0 * jnp.log1p(freq / 700.0)
+
+
+def mel_filterbank(config: MelConfig, fmin=None, fmax=None) -> jax.Array:
+    """Kaldi-style triangular mel bank [n_mels, n_fft // 2 + 1] (torchaudio ``get_mel_banks``).
+
+    Triangles are linear in the mel domain with peak 1 and no area normalisation; the Nyquist
+    column is zero, as EfficientAT pads Kaldi's 512 columns with one zero column. ``fmin``/``fmax``
+    may be traced scalars (training jitter); they default to the config's eval band.
+    """
+    fmin = config.fmin if fmin is None else fmin
+    fmax = config.fmax_hz if fmax is None else fmax
+    num_fft_bins = config.n_fft // 2
+    mel_low = _mel(jnp.asarray(fmin, jnp.float32))
+    mel_high = _mel(jnp.asarray(fmax, jnp.float32))
+    delta = (mel_high - mel_low) / (config.n_mels + 1)
+    index = jnp.arange(config.n_mels, dtype=jnp.float32)[:, None]
+    left = mel_low + index * delta
+    centre = mel_low + (index + 1.0) * delta
+    right = mel_low + (index + 2.0) * delta
+    bin_width = config.sample_rate / config.n_fft
+    mel_bins = _mel(bin_width * jnp.arange(num_fft_bins, dtype=jnp.float32))[None, :]
+    up = (mel_bins - left) / (centre - left)
+    down = (right - mel_bins) / (right - centre)
+    bank = jnp.maximum(0.0, jnp.minimum(up, down))
+    return jnp.pad(bank, ((0, 0), (0, 1)))
+
+
+def power_spectrogram(waveform: jax.Array, config: MelConfig) -> jax.Array:
+    """Pre-emphasis + centred, reflect-padded STFT power: [B, L] -> [B, T, n_fft // 2 + 1]."""
+    x = waveform[:, 1:] - PREEMPHASIS * waveform[:, :-1]
+    half = config.n_fft // 2
+    if x.shape[1] <= half:
+        raise ValueError(
+            f"waveform of {waveform.shape[1]} samples is too short for reflect padding of {half}; "
+            f"need more than {half + 1}"
+        )
+    x = jnp.pad(x, ((0, 0), (half, half)), mode="reflect")
+    num_frames = 1 + (x.shape[1] - config.n_fft) // config.hop_length
+    # The window occupies [pad, pad + win) of each n_fft frame and is zero elsewhere, so only those
+    # samples are framed. Moving them to the start of the FFT frame is a circular time shift, which
+    # changes only the phase, never the power.
+    pad = (config.n_fft - config.win_length) // 2
+    hop, win = config.hop_length, config.win_length
+    x = x[:, pad:]
+    # Framing by reshape: frame t = hop-blocks t, t+1, ... concatenated and cut to win samples.
+    # Avoids a gather, which XLA:CPU runs far slower than contiguous slices.
+    blocks_per_frame = -(-win // hop)
+    num_blocks = num_frames + blocks_per_frame - 1
+    needed = num_blocks * hop
+    x = jnp.pad(x, ((0, 0), (0, max(0, needed - x.shape[1]))))[:, :needed]
+    blocks = x.reshape(x.shape[0], num_blocks, hop)
+    frames = jnp.concatenate(
+        [blocks[:, j : j + num_frames] for j in range(blocks_per_frame)], axis=-1
+    )[..., :win]
+    frames = frames * jnp.asarray(hann_window(win))
+    spectrum = jnp.fft.rfft(frames, n=config.n_fft, axis=-1)
+    return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+
+
+def _mask_along_axis(key, x: jax.Array, max_width: int, axis: int) -> jax.Array:
+    """torchaudio ``mask_along_axis_iid``: one band per example, width floor(U * max_width)."""
+    batch, size = x.shape[0], x.shape[axis]
+    key_width, key_start = jax.random.split(key)
+    value = jax.random.uniform(key_width, (batch,)) * max_width
+    start_real = jax.random.uniform(key_start, (batch,)) * (size - value)
+    start = jnp.floor(start_real).astype(jnp.int32)
+    end = start + jnp.floor(value).astype(jnp.int32)
+    index = jnp.arange(size)
+    masked = (index[None, :] >= start[:, None]) & (index[None, :] < end[:, None])  # [B, size]
+    masked = jnp.expand_dims(masked, 3 - axis)  # broadcast over the other of (F, T)
+    return jnp.where(masked, 0.0, x)
+
+
+def log_mel(
+    waveform: jax.Array, config: MelConfig = MelConfig(), rng: Optional[jax.Array] = None
+) -> jax.Array:
+    """Normalised log-mel [B, n_mels, T] float32 from a waveform [B, L] (T = 1 + (L - 1) // hop).
+
+    ``rng=None`` is eval mode. With an rng it is training mode: fmin/fmax jitter drawn once per
+    batch as in EfficientAT, then (if enabled) one frequency and one time mask per example, set to
+    0 in the log domain before normalisation, like torchaudio's masking.
+    """
+    waveform = jnp.asarray(waveform, jnp.float32)
+    power = power_spectrogram(waveform, config)  # [B, T, K]
+    if rng is None:
+        bank = mel_filterbank(config)
+    else:
+        rng, key_low, key_high = jax.random.split(rng, 3)
+        fmin = config.fmin + jax.random.randint(key_low, (), 0, config.fmin_aug_range)
+        fmax = (
+            config.fmax_hz
+            + config.fmax_aug_range // 2
+            - jax.random.randint(key_high, (), 0, config.fmax_aug_range)
+        )
+        bank = mel_filterbank(config, fmin.astype(jnp.float32), fmax.astype(jnp.float32))
+    mel = jnp.einsum("mk,btk->bmt", bank, power, precision=jax.lax.Precision.HIGHEST)
+    mel = jnp.log(mel + LOG_OFFSET)
+    if rng is not None:
+        key_freq, key_time = jax.random.split(rng)
+        if config.freq_mask_bins > 0:
+            mel = _mask_along_axis(key_freq, mel, config.freq_mask_bins, axis=1)
+        if config.time_mask_frames > 0:
+            mel = _mask_along_axis(key_time, mel, config.time_mask_frames, axis=2)
+    return (mel + NORM_SHIFT) / NORM_SCALE
