@@ -67,6 +67,14 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) ->
             yield pending.popleft().result()
 
 
+class NoUsableExamples(RuntimeError):
+    """Every row of a split was rejected while decoding; carries the report saying why."""
+
+    def __init__(self, splits: list[str], report: dict[str, Any]):
+        super().__init__(f"no usable examples in split(s) {splits}: every row was rejected")
+        self.report = report
+
+
 class CaptionAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base builder: subclasses implement ``plan(root)``; this decodes, writes and reports.
 
@@ -97,7 +105,8 @@ class CaptionAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         decode_threads: int | None = None,
         **kwargs: Any,
     ):
-        self.options = {"min_seconds": min_seconds, "max_seconds": max_seconds}
+        self._decode_options = {"min_seconds": min_seconds, "max_seconds": max_seconds}
+        self.options = dict(self._decode_options)  # recorded in the report; subclasses add theirs
         self._decode_threads = decode_threads or min(8, os.cpu_count() or 1)
         super().__init__(**kwargs)
 
@@ -135,11 +144,16 @@ class CaptionAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             raise FileNotFoundError(f"source folder {root} does not exist")
         self.layout, self.notes, self.unused_files = "", [], []
         self._plans = self.plan(root)
-        return {split: self._generate_examples(split, plan) for split, plan in self._plans.items()}
+        for split, plan in self._plans.items():
+            if not plan.items:
+                self.notes.append(f"split {split}: every row was rejected; the split is not written")
+        return {
+            split: self._generate_examples(split, plan) for split, plan in self._plans.items() if plan.items
+        }
 
     def _decode(self, item: Item) -> audio_io.Decoded | str:
         try:
-            return audio_io.decode(item.path, **self.options)
+            return audio_io.decode(item.path, **self._decode_options)
         except audio_io.AudioError as e:
             return str(e)
         except Exception as e:  # noqa: BLE001 - one odd file must not end a multi-hour run
@@ -171,25 +185,34 @@ class CaptionAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                 "keywords": item.keywords,
             }
 
-    def _download_and_prepare(self, dl_manager, download_config=None):
-        super()._download_and_prepare(dl_manager, download_config)
-        # Still inside TFDS's temporary directory: what is written here appears with the
-        # dataset in one rename, so an interrupted run never leaves a half-indexed dataset.
-        index = {split: self._rewrite_and_index(info) for split, info in self.info.splits.items()}
-        reports = {split: plan.report for split, plan in self._plans.items()}
-        for split, plan in self._plans.items():
-            if plan.report.examples_written != len(index.get(split, {}).get("file_name", [])):
-                raise AssertionError(f"{split}: written count does not match the records on disk")
-        report = build_report(
+    def report(self, source: str = "") -> dict[str, Any]:
+        """The report of the plans so far (the whole run once generation has finished)."""
+        return build_report(
             self.name,
-            reports,
+            {split: plan.report for split, plan in getattr(self, "_plans", {}).items()},
             unused_files=self.unused_files,
             layout=self.layout,
-            source=str(dl_manager.manual_dir),
+            source=source,
             version=str(self.version),
             options=self.options,
             notes=self.notes,
         )
+
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        try:
+            super()._download_and_prepare(dl_manager, download_config)
+        except Exception as e:
+            dead = [s for s, p in getattr(self, "_plans", {}).items() if p.items and not p.report.examples_written]
+            if dead:  # TFDS refuses a split without examples; say why, with the report
+                raise NoUsableExamples(dead, self.report(str(dl_manager.manual_dir))) from e
+            raise
+        # Still inside TFDS's temporary directory: what is written here appears with the
+        # dataset in one rename, so an interrupted run never leaves a half-indexed dataset.
+        index = {split: self._rewrite_and_index(info) for split, info in self.info.splits.items()}
+        for split, plan in self._plans.items():
+            if plan.report.examples_written != len(index.get(split, {}).get("file_name", [])):
+                raise AssertionError(f"{split}: written count does not match the records on disk")
+        report = self.report(str(dl_manager.manual_dir))
         check_reconciled(report)
         self.info.metadata.update(
             index=index,

@@ -10,6 +10,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from hybrid_jax.data.audiocaps import Audiocaps
+from hybrid_jax.data.builder import NoUsableExamples
 from hybrid_jax.data.clotho import Clotho
 from hybrid_jax.data.report import REPORT_NAME, check_reconciled, write_json_atomic
 from hybrid_jax.data.wavcaps import WavcapsFreesound
@@ -61,6 +62,8 @@ def prepare(
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
     data_dir = pathlib.Path(data_dir)
+    if not pathlib.Path(source).is_dir() or not any(pathlib.Path(source).iterdir()):
+        raise FileNotFoundError(f"source folder {source} does not exist or is empty")
     removed = [str(p) for p in leftover_incomplete(dataset, data_dir)]
     for path in removed:
         shutil.rmtree(path)
@@ -78,12 +81,17 @@ def prepare(
         shutil.rmtree(version_dir)
         builder = BUILDERS[dataset](data_dir=os.fspath(data_dir), file_format="array_record", **options)
     tfds.disable_progress_bar()  # the builders show one bar per split with a known total
-    with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep OUT clean
-        builder.download_and_prepare(
-            download_dir=downloads,
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)),
-        )
+    try:
+        with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep OUT clean
+            builder.download_and_prepare(
+                download_dir=downloads,
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source)),
+            )
+    except NoUsableExamples as e:
+        # Nothing usable was written, but the user needs the reasons: the report has them.
+        write_json_atomic(out_report, {**e.report, "status": f"failed: {e}"})
+        raise
     report = dict(builder.info.metadata["report"])
     report["status"] = "prepared"
     if removed:

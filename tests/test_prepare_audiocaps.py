@@ -1,0 +1,108 @@
+"""AudioCaps preparation: the CSVs, every audio naming of the download tools, AudioSet labels joined."""
+import numpy as np
+import pytest
+from dataset_files import write_audio, write_csv
+
+from hybrid_jax.data import csv_io, preparation
+from hybrid_jax.data.records import open_split
+
+HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]
+LABELS = (
+    'index,mid,display_name\n'
+    '0,/m/09x0r,"Speech"\n'
+    '1,/m/05zppz,"Male speech, man speaking"\n'
+    '2,/m/015p6,"Bird"\n'
+    '3,/t/dd00088,"Gush"\n'
+)
+SEGMENTS = (
+    "# Segments csv created Sun Mar  5 10:54:31 2017\n"
+    "# num_ytids=3, num_segs=3, num_unique_labels=527, num_positive_labels=5\n"
+    "# YTID, start_seconds, end_seconds, positive_labels\n"
+    '--aac_clip1, 30.000, 40.000, "/m/09x0r,/m/05zppz"\n'
+    'dl_clip____, 0.000, 10.000, "/m/015p6"\n'
+    'ytonly_clip, 50.000, 60.000, "/t/dd00088,/m/015p6"\n'
+)
+
+
+@pytest.fixture(scope="module")
+def audiocaps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audiocaps_src")
+    audio = root / "AUDIOCAPS" / "audio_32000Hz"
+    # aac-datasets naming {ytid}_{start}.flac at 32 kHz
+    write_audio(audio / "train" / "--aac_clip1_30.flac", 10.0, rate=32000)
+    # xieh97 naming {ytid}_{start_ms}_{end_ms}.wav, 48 kHz stereo, clipped short (0.5 s)
+    write_audio(root / "AudioCaps" / "train" / "xieh97clip1_12000_22000.wav", 0.5, rate=48000, channels=2)
+    # audiocaps-download naming: one copy per caption id (5 for a val clip), ogg
+    for cid in range(100, 105):
+        write_audio(root / "val" / f"{cid}.ogg", 2.0, rate=44100)
+    # PANNs/salsa naming Y{ytid}.wav (start not in the name)
+    write_audio(root / "audioset" / "Yytonly_clip.wav", 1.0, rate=16000)
+    write_audio(root / "audioset" / "Yunused_clip.wav", 1.0, rate=16000)  # no row refers to it
+    write_audio(root / "test" / "testclip001_0.flac", 1.0, rate=32000)
+    # v1 CSVs: UTF-8 with curly quotes and CRLF; a latin-1 test CSV; quoted captions with commas
+    write_csv(root / "train.csv", HEADER, [
+        ["1", "--aac_clip1", "30", "A man speaks, then a bird \u201csings\u201d"],
+        ["2", "xieh97clip1", "12", "Water splashes"],
+        ["3", "missing_cli", "0", "A clip removed from YouTube"],
+        ["4", "ytonly_clip", "40", "Gushing water and a bird"],  # segment says 50: ytid fallback
+    ], newline="\r\n")
+    write_csv(root / "val.csv", HEADER, [[str(100 + k), "dl_clip____", "0", f"Birds chirp, take {k}"] for k in range(5)])
+    write_csv(root / "test.csv", HEADER, [["200", "testclip001", "0", "Caf\xe9 noise"]], encoding="latin-1")
+    (root / "class_labels_indices.csv").write_text(LABELS)
+    (root / "AUDIOCAPS" / "unbalanced_train_segments.csv").write_text(SEGMENTS)
+    out = tmp_path_factory.mktemp("audiocaps_out")
+    return root, out, preparation.prepare("audiocaps", root, out, decode_threads=2)
+
+
+def test_audioset_files_parse():
+    import pathlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = pathlib.Path(tmp) / "labels.csv"
+        labels.write_text(LABELS)
+        table = csv_io.read_table(labels)
+        assert table.rows[1]["display_name"] == "Male speech, man speaking"
+        segments = pathlib.Path(tmp) / "segments.csv"
+        segments.write_text(SEGMENTS)
+        cols = ["YTID", "start_seconds", "end_seconds", "positive_labels"]
+        rows = csv_io.read_table(segments, fieldnames=cols, comment="#", skip_initial_space=True).rows
+        assert len(rows) == 3 and rows[0]["positive_labels"] == "/m/09x0r,/m/05zppz"
+        assert rows[0]["YTID"] == "--aac_clip1" and rows[0]["start_seconds"] == "30.000"
+
+
+def test_report(audiocaps):
+    _, _, report = audiocaps
+    train, val, test = (report["splits"][s] for s in ("train", "validation", "test"))
+    assert (train["rows_read"], train["examples_written"]) == (4, 3)
+    assert train["rejected"] == [{"file": "missing_cli_0", "reason": "audio missing (removed from YouTube or not downloaded)"}]
+    assert (val["rows_read"], val["examples_written"], test["examples_written"]) == (1, 1, 1)
+    fixes = {f["file"]: f["fix"] for f in train["fixes"]}
+    assert "youtube id only" in fixes["ytonly_clip_40"]
+    assert "audiocap_id" in {f["file"]: f["fix"] for f in val["fixes"]}["dl_clip_____0"]
+    assert "latin-1" in str(test["fixes"]) or "cp1252" in str(test["fixes"])
+    assert train["conversions"]["AudioSet labels joined by youtube id only"] == 1
+    assert train["conversions"]["no AudioSet labels (metadata missing)"] == 1
+    assert [f.rsplit("/", 1)[-1] for f in report["unused_files"]["files"]] == ["Yunused_clip.wav"]
+    for split in report["splits"].values():
+        assert split["rows_read"] == split["examples_written"] + len(split["rejected"])
+
+
+def test_examples(audiocaps):
+    _, out, _ = audiocaps
+    train = open_split("audiocaps", out, "train")
+    assert train.keyword_kind == "labels"
+    by_id = {n: i for i, n in enumerate(train.file_names)}
+    i = by_id["--aac_clip1_30.flac"]
+    assert train.captions[i] == ["A man speaks, then a bird \u201csings\u201d"]
+    assert train.keywords[i] == ["Speech", "Male speech, man speaking"]
+    assert train.num_samples[i] == 320000
+    j = by_id["xieh97clip1_12000_22000.wav"]
+    assert train.num_samples[j] == 16000 and train.keywords[j] == []  # short stereo 48k kept
+    assert train.keywords[by_id["Yytonly_clip.wav"]] == ["Gush", "Bird"]
+    val = open_split("audiocaps", out, "validation")
+    assert len(val) == 1 and val.captions[0] == [f"Birds chirp, take {k}" for k in range(5)]
+    assert val.keywords[0] == ["Bird"] and val.num_samples[0] == 64000
+    test = open_split("audiocaps", out, "test")
+    assert test.captions[0] == ["Caf\xe9 noise"]
+    assert test.audio(0).dtype == np.int16
