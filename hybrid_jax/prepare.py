@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from hybrid_jax.data import preparation
+from hybrid_jax.data.builder import NoUsableExamples
 from hybrid_jax.data.report import summary
 
 
@@ -33,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         options["csv_dir"] = args.csv_dir
     elif args.csv_dir:
         parser.error("--csv-dir applies to audiocaps only")
-    report = preparation.prepare(
-        args.dataset, args.source, args.data_dir, overwrite=args.overwrite, **options
-    )
-    print(summary(report, preparation.report_path(args.dataset, args.data_dir)))
+    path = preparation.report_path(args.dataset, args.data_dir)
+    try:
+        report = preparation.prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite, **options)
+    except NoUsableExamples as e:
+        print(summary({**e.report, "status": f"FAILED: {e}"}, path))
+        return 1
+    print(summary(report, path))
     return 0
 
 

@@ -240,3 +240,42 @@ def test_real_tokenizer_on_minilm_vocab(data):
     flat = [c for caps in data.captions for c in caps]
     queries = [flat[pair] for pair in lo._permutation(0)[:4]]  # the pairs of step 0
     np.testing.assert_array_equal(batch["query_ids"], tokenizer.tokenize(queries)["input_ids"])
+
+
+WORKER_SCRIPT = """
+import json, sys
+import numpy as np
+from absl import app
+
+def main(_):
+    sys.path.insert(0, {tests!r})
+    from dataset_files import fake_tokenize
+    from hybrid_jax.data.pipeline import TrainLoader
+    from hybrid_jax.data.records import InMemorySplit
+    data = InMemorySplit([np.arange(n, dtype=np.int16) for n in [8000, 20000, 16000, 4000]],
+                         [[f"c{{i}} {{j}}" for j in range(3)] for i in range(4)], [["a"]] * 4)
+    kw = dict(global_batch_size=4, clip_seconds=0.5, seed=1, num_epochs=2, process_index=0, process_count=1)
+    plain = [b for b in TrainLoader(data, fake_tokenize, **kw)]
+    it = iter(TrainLoader(data, fake_tokenize, worker_count=2, **kw))
+    first = [next(it) for _ in range(2)]
+    state = json.loads(json.dumps(it.get_state()))
+    resumed = iter(TrainLoader(data, fake_tokenize, worker_count=2, **kw))
+    resumed.set_state(state)
+    rest = list(resumed)
+    same = all(np.array_equal(a[k], b[k]) for a, b in zip(plain, first + rest) for k in a)
+    print("RESULT", same, len(plain), len(first + rest))
+
+if __name__ == "__main__":
+    app.run(main)
+"""
+
+
+def test_worker_processes_give_the_same_batches_and_resume(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    script = tmp_path / "workers.py"
+    script.write_text(WORKER_SCRIPT.format(tests=str(pathlib.Path(__file__).parent)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert "RESULT True 6 6" in result.stdout, result.stderr[-3000:]

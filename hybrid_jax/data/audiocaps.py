@@ -124,6 +124,10 @@ class Audiocaps(CaptionAudioBuilder):
                 continue
             plans[split] = self._plan_split(path, names, by_clip, by_ytid)
         self.unused_files = files.unclaimed()
+        self.notes.append("rows_read counts clips: caption rows grouped by (youtube_id, start_time)")
+        captions = [c for plan in plans.values() for item in plan.items for c in item.captions]
+        if captions and all(c == c.lower() for c in captions):
+            self.notes.append("all captions are lower-case: looks like the AudioCaps 2.0 CSVs")
         return plans
 
     def _plan_split(self, path, names: AudioNames, by_clip, by_ytid) -> SplitPlan:

@@ -149,6 +149,15 @@ class TrainLoader:
     def __iter__(self) -> grain.DatasetIterator:
         return iter(self.dataset)
 
+    def __getstate__(self) -> dict:
+        # Grain pickles the batch function into its worker processes (worker_count > 0).
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "dataset")}
+        return state | {"_permutations": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _permutation(self, epoch: int) -> np.ndarray:
         with self._lock:
             if epoch not in self._permutations:

@@ -79,6 +79,11 @@ class WavcapsFreesound(CaptionAudioBuilder):
             raise ValueError(f"{json_path} is not valid JSON ({e}); re-download it") from e
         entries = data["data"] if isinstance(data, dict) else data
         files = AudioFiles([root])
+        if not len(files) and (any(root.rglob("*.z01")) or any(root.rglob("*.zip"))):
+            raise FileNotFoundError(
+                f"no audio under {root}, only zip parts: merge them (zip -FF FreeSound.zip --out "
+                "FreeSound_merged.zip) and unzip before preparing"
+            )
         report, items, seen = SplitReport(), [], set()
         for entry in entries:
             report.rows_read += 1
