@@ -1,4 +1,4 @@
-"""BERT encoder in Flax Linen, laid out like Hugging Face ``BertModel`` so weight conversion is a rename.
+"""Flax Linen BERT laid out like Hugging Face ``BertModel``, so weight conversion is a rename.
 
 Parameter tree (HF key ``encoder.layer.0.attention.self.query.weight`` ->
 ``encoder/layer_0/attention/self/query/kernel``)::
@@ -13,6 +13,7 @@ Parameter tree (HF key ``encoder.layer.0.attention.self.query.weight`` ->
 Mixed precision follows PyTorch autocast: parameters stay float32, matmuls run in ``dtype``, and
 LayerNorm, softmax and the residual stream stay float32, so ``last_hidden_state`` is float32.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,7 +73,9 @@ class BertConfig:
             raise ValueError(f"model_type={model_type!r}: only BERT configs are supported")
         position_type = hf.get("position_embedding_type", "absolute")
         if position_type != "absolute":
-            raise ValueError(f"position_embedding_type={position_type!r}: only 'absolute' is supported")
+            raise ValueError(
+                f"position_embedding_type={position_type!r}: only 'absolute' is supported"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         config = cls(**{k: v for k, v in hf.items() if k in fields})
         if dropout is not None:
@@ -84,6 +87,10 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+
+def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, kernel_init=_init, name=name)
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
@@ -100,7 +107,10 @@ class BertEmbeddings(nn.Module):
     def __call__(self, input_ids: Array, token_type_ids: Array, *, train: bool) -> Array:
         """input_ids, token_type_ids [B, L] int -> [B, L, H] float32."""
         cfg = self.config
-        embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=_init, name=name)
+
+        def embed(count: int, name: str) -> nn.Embed:
+            return nn.Embed(count, cfg.hidden_size, embedding_init=_init, name=name)
+
         positions = jnp.arange(input_ids.shape[1])[None, :]
         hidden = (
             embed(cfg.vocab_size, "word_embeddings")(input_ids)
@@ -124,17 +134,16 @@ class BertSelfAttention(nn.Module):
         cfg = self.config
         batch, length, _ = hidden.shape
         heads = (batch, length, cfg.num_attention_heads, cfg.head_dim)
+
         # Plain [H, H] kernels reshaped to heads (a free reshape) rather than DenseGeneral, so HF
         # weights convert with one transpose and no head split.
-        project = lambda name: nn.Dense(
-            cfg.hidden_size, dtype=self.dtype, kernel_init=_init, name=name
-        )(hidden).reshape(heads)
+        def project(name: str) -> Array:
+            return _dense(cfg.hidden_size, self.dtype, name)(hidden).reshape(heads)
+
         query, key, value = project("query"), project("key"), project("value")
         if train and cfg.attention_probs_dropout_prob > 0:
-            context = attention_with_dropout(
-                query, key, value, mask,
-                rate=cfg.attention_probs_dropout_prob, rng=self.make_rng("dropout"),
-            )
+            rate, rng = cfg.attention_probs_dropout_prob, self.make_rng("dropout")
+            context = attention_with_dropout(query, key, value, mask, rate=rate, rng=rng)
         else:
             # jax.nn.dot_product_attention can use a fused kernel on accelerators, but it has no
             # dropout on the attention probabilities, hence the explicit path above for training.
@@ -171,7 +180,7 @@ class BertAddNorm(nn.Module):
     def __call__(self, hidden: Array, residual: Array, *, train: bool) -> Array:
         """hidden [B, L, *], residual [B, L, H] float32 -> [B, L, H] float32."""
         cfg = self.config
-        hidden = nn.Dense(cfg.hidden_size, dtype=self.dtype, kernel_init=_init, name="dense")(hidden)
+        hidden = _dense(cfg.hidden_size, self.dtype, "dense")(hidden)
         hidden = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(hidden)
         # The add promotes a bf16 branch to the float32 residual stream.
         return _layer_norm(cfg, "LayerNorm")(hidden + residual)
@@ -200,11 +209,8 @@ class BertIntermediate(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: Array) -> Array:
-        cfg = self.config
-        hidden = nn.Dense(cfg.intermediate_size, dtype=self.dtype, kernel_init=_init, name="dense")(
-            hidden
-        )
-        return ACTIVATIONS[cfg.hidden_act](hidden)
+        hidden = _dense(self.config.intermediate_size, self.dtype, "dense")(hidden)
+        return ACTIVATIONS[self.config.hidden_act](hidden)
 
 
 class BertLayer(nn.Module):
@@ -251,9 +257,7 @@ class BertPooler(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array) -> Array:
         """hidden [B, L, H] -> [B, H] float32."""
-        first = nn.Dense(self.config.hidden_size, dtype=self.dtype, kernel_init=_init, name="dense")(
-            hidden[:, 0]
-        )
+        first = _dense(self.config.hidden_size, self.dtype, "dense")(hidden[:, 0])
         return jnp.tanh(first.astype(jnp.float32))
 
 
@@ -283,8 +287,11 @@ class BertEncoder(nn.Module):
         *,
         train: bool,
     ) -> dict[str, Array]:
-        """input_ids, attention_mask, token_type_ids [B, L] int -> {"last_hidden_state": [B, L, H],
-        "pooler_output": [B, H] (with add_pooling_layer)}, float32. Training needs a "dropout" rng."""
+        """input_ids, attention_mask, token_type_ids [B, L] int -> dict of float32 arrays.
+
+        Returns "last_hidden_state" [B, L, H] and, with add_pooling_layer, "pooler_output" [B, H].
+        ``train=True`` applies dropout and needs a "dropout" rng.
+        """
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         hidden = BertEmbeddings(self.config, name="embeddings")(

@@ -8,6 +8,7 @@ outside the BertModel scopes (``cls.*`` pre-training heads, classifiers) is igno
 The result is checked against the module's own parameter shapes: every missing, unexpected or
 mis-shaped tensor is named in one error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,12 @@ from hybrid_jax import weights
 from hybrid_jax.bert import BertConfig, BertEncoder
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 MODEL_SCOPES = ("embeddings", "encoder", "pooler")  # BertModel's children; the rest are heads
 PREFIX = "bert."  # BertForPreTraining, BertForMaskedLM, ... keep BertModel under ``bert``
 SKIPPED = ("embeddings.position_ids",)  # a registered buffer (arange), not a weight
@@ -101,7 +107,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BertConfig)
     sources: dict[str, str] = {}
     unexpected, ignored = [], []
     for key, tensor in state_dict.items():
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         if name in SKIPPED:
             continue
         if name.split(".")[0] not in MODEL_SCOPES:
@@ -144,7 +150,9 @@ def read_checkpoint(directory: pathlib.Path) -> dict[str, np.ndarray]:
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return state_dict.read_state_dict(directory / name)
-    raise FileNotFoundError(f"{directory}: none of {WEIGHT_FILES} found (sharded checkpoints are not supported)")
+    raise FileNotFoundError(
+        f"{directory}: none of {WEIGHT_FILES} found (sharded checkpoints are not supported)"
+    )
 
 
 def resolve_source(source: str | pathlib.Path) -> pathlib.Path:

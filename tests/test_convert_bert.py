@@ -1,4 +1,5 @@
 """HF BERT -> Flax conversion: key styles, file formats, errors, and the public text-encoder API."""
+
 import collections
 import json
 import shutil
@@ -7,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch_format  # tests/torch_format.py: torch.save-format writer without torch
 from safetensors.numpy import load_file, save_file
 
-import torch_format  # tests/torch_format.py: torch.save-format writer without torch
 from hybrid_jax import convert_bert, pretrained, text, text_encoder, weights
 from hybrid_jax.bert import BertConfig, BertEncoder
 from tools import convert_bert as convert_tool
@@ -66,13 +67,23 @@ def convert(tmp_path, state, config, name, **kwargs):
     "key, path",
     [
         ("embeddings.word_embeddings.weight", "params/embeddings/word_embeddings/embedding"),
-        ("encoder.layer.11.attention.self.query.weight",
-         "params/encoder/layer_11/attention/self/query/kernel"),
-        ("encoder.layer.0.attention.output.LayerNorm.gamma",
-         "params/encoder/layer_0/attention/output/LayerNorm/scale"),
+        (
+            "encoder.layer.11.attention.self.query.weight",
+            "params/encoder/layer_11/attention/self/query/kernel",
+        ),
+        (
+            "encoder.layer.0.attention.output.LayerNorm.gamma",
+            "params/encoder/layer_0/attention/output/LayerNorm/scale",
+        ),
         ("encoder.layer.3.output.LayerNorm.beta", "params/encoder/layer_3/output/LayerNorm/bias"),
-        ("encoder.layer.3.output.LayerNorm.weight", "params/encoder/layer_3/output/LayerNorm/scale"),
-        ("encoder.layer.0.intermediate.dense.bias", "params/encoder/layer_0/intermediate/dense/bias"),
+        (
+            "encoder.layer.3.output.LayerNorm.weight",
+            "params/encoder/layer_3/output/LayerNorm/scale",
+        ),
+        (
+            "encoder.layer.0.intermediate.dense.bias",
+            "params/encoder/layer_0/intermediate/dense/bias",
+        ),
         ("pooler.dense.weight", "params/pooler/dense/kernel"),
     ],
 )
@@ -85,21 +96,31 @@ def test_unknown_key_and_tensor_rules():
         convert_bert.map_key("encoder.layer.0.attention.self.rotary.inv_freq")
     w = np.arange(6.0).reshape(3, 2)  # torch Linear: [out=3, in=2]
     np.testing.assert_array_equal(convert_bert.linear_to_dense(w), w.T)
-    assert convert_bert.map_key("encoder.layer.0.output.dense.weight")[1] is convert_bert.linear_to_dense
+    assert (
+        convert_bert.map_key("encoder.layer.0.output.dense.weight")[1]
+        is convert_bert.linear_to_dense
+    )
 
 
-def test_tool_and_public_api_match_the_reference(tmp_path, tiny_state, tiny_config, tiny_reference, capsys):
+def test_tool_and_public_api_match_the_reference(
+    tmp_path, tiny_state, tiny_config, tiny_reference, capsys
+):
     source = hf_folder(tmp_path / "src", tiny_state, tiny_config, vocab=False)
     write_vocab(tmp_path / "tok")
     destination = tmp_path / "dst"
-    assert convert_tool.main([str(source), str(destination), "--tokenizer", str(tmp_path / "tok")]) == 0
+    assert (
+        convert_tool.main([str(source), str(destination), "--tokenizer", str(tmp_path / "tok")])
+        == 0
+    )
     assert "pooler: True" in capsys.readouterr().out
     saved = json.loads((destination / "config.json").read_text())
     assert saved["hf_config"] == tiny_config and saved["max_length"] == 32
     assert (destination / "vocab.txt").is_file()
 
     txt = pretrained.load_text_encoder(destination)
-    ids, mask, types = (tiny_reference[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
+    ids, mask, types = (
+        tiny_reference[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+    )
     hidden = txt.encode(ids, mask, types)
     assert hidden.dtype == jnp.float32 and hidden.shape == (3, 16, 64)
     np.testing.assert_allclose(hidden, tiny_reference["last_hidden_state"], atol=1e-5)
@@ -107,15 +128,16 @@ def test_tool_and_public_api_match_the_reference(tmp_path, tiny_state, tiny_conf
 
     batch = txt.tokenize(["A dog barks.", "Rain falls on roofs!"])
     assert batch["input_ids"].dtype == np.int32 and batch["input_ids"].shape == (2, 32)
-    np.testing.assert_array_equal(batch["input_ids"][:, :6], [[101, 104, 105, 106, 102, 0],
-                                                              [101, 107, 108, 109, 110, 111]])
+    np.testing.assert_array_equal(
+        batch["input_ids"][:, :6], [[101, 104, 105, 106, 102, 0], [101, 107, 108, 109, 110, 111]]
+    )
 
     pooled = text_encoder.load(destination, add_pooling_layer=True)(ids, mask, types)
     np.testing.assert_allclose(pooled["pooler_output"], tiny_reference["pooler_output"], atol=1e-5)
 
 
 def test_minilm_end_to_end(tmp_path, fixtures_dir):
-    # Real weights: raw sentences -> paper preprocessing -> ids -> hidden states of PyTorch BertModel.
+    # Real weights: raw sentences -> preprocessing -> ids -> hidden states of PyTorch's BertModel.
     reference = np.load(fixtures_dir / "minilm" / "arrays.npz")
     sentences = json.loads((fixtures_dir / "minilm" / "sentences.json").read_text())["sentences"]
     convert_tool.main([str(text.minilm_package_dir()), str(tmp_path / "minilm")])
@@ -145,8 +167,12 @@ def test_key_styles_and_file_formats_convert_identically(
         "cls.predictions.transform.dense.weight": np.ones((64, 64), np.float32),
         "cls.seq_relationship.weight": np.ones((2, 64), np.float32),
     }
-    old_names = lambda k: k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
-        "LayerNorm.bias", "LayerNorm.beta")
+
+    def old_names(key):
+        return key.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        )
+
     variants = {
         "prefixed_with_heads": {
             **renamed(tiny_state, lambda k: "bert." + k),
@@ -156,7 +182,9 @@ def test_key_styles_and_file_formats_convert_identically(
         "gamma_beta": renamed(tiny_state, old_names),
     }
     baseline = weights.load(convert(tmp_path, tiny_state, tiny_config, "plain"))[0]
-    converted = {name: convert(tmp_path, state, tiny_config, name) for name, state in variants.items()}
+    converted = {
+        name: convert(tmp_path, state, tiny_config, name) for name, state in variants.items()
+    }
     converted["zip"] = convert(tmp_path, tiny_state, tiny_config, "zip", weights_file="zip")
     converted["legacy"] = convert(
         tmp_path, renamed(tiny_state, old_names), tiny_config, "legacy", weights_file="legacy"
@@ -164,11 +192,17 @@ def test_key_styles_and_file_formats_convert_identically(
     out = capsys.readouterr().out
     assert "ignored 3 keys" in out and "cls.seq_relationship.weight" in out
 
-    forward = jax.jit(BertEncoder(BertConfig.from_hf(tiny_config), add_pooling_layer=True).apply,
-                      static_argnames="train")
-    ids, mask, types = (tiny_reference[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
+    forward = jax.jit(
+        BertEncoder(BertConfig.from_hf(tiny_config), add_pooling_layer=True).apply,
+        static_argnames="train",
+    )
+    ids, mask, types = (
+        tiny_reference[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+    )
     expected = forward(baseline, ids, mask, types, train=False)
-    np.testing.assert_allclose(expected["last_hidden_state"], tiny_reference["last_hidden_state"], atol=1e-5)
+    np.testing.assert_allclose(
+        expected["last_hidden_state"], tiny_reference["last_hidden_state"], atol=1e-5
+    )
     flat_baseline = weights.flatten(baseline)
     for name, destination in converted.items():
         variables = weights.load(destination)[0]

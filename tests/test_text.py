@@ -1,4 +1,5 @@
 """Paper preprocessing and the batched WordPiece tokenizer against the MiniLM fixture."""
+
 import json
 import shutil
 
@@ -28,7 +29,10 @@ def test_preprocess_matches_the_reference_text(sentences):
 
 
 def test_preprocess_deletes_punctuation_inside_words():
-    assert text.preprocess("A high-pitched BEEP; (field-recording)!") == "a highpitched beep fieldrecording"
+    assert (
+        text.preprocess("A high-pitched BEEP; (field-recording)!")
+        == "a highpitched beep fieldrecording"
+    )
 
 
 def test_tokenize_matches_reference_ids_exactly(tokenizer, sentences, reference):
@@ -81,8 +85,10 @@ def test_special_token_text_is_not_a_special_token(tokenizer):
     own = tokenizer.backend.encode_batch([text.preprocess(s) for s in sentences])
     np.testing.assert_array_equal(batch["attention_mask"], [e.attention_mask for e in own])
     np.testing.assert_array_equal(batch["token_type_ids"], [e.type_ids for e in own])
-    for ids, length in zip(batch["input_ids"], batch["attention_mask"].sum(1)):
-        assert not np.isin(ids[1 : length - 1], [0, 100, 101, 102, 103]).any()  # words, not specials
+    for ids, length in zip(batch["input_ids"], batch["attention_mask"].sum(1), strict=True):
+        assert not np.isin(
+            ids[1 : length - 1], [0, 100, 101, 102, 103]
+        ).any()  # words, not specials
 
 
 def test_one_string_is_rejected(tokenizer):

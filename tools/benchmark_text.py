@@ -1,4 +1,4 @@
-"""Text-encoder throughput (sentences/s) for MiniLM, bert-base and bert-large shapes, float32 and bf16.
+"""Text-encoder throughput (sentences/s): MiniLM, bert-base and bert-large shapes, float32 and bf16.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \
         python tools/benchmark_text.py [--models minilm,base,large] [--dtypes float32,bfloat16]
@@ -9,6 +9,7 @@ package), base/large random weights of the published shapes. Also prints the acc
 the max and mean absolute difference of MiniLM's final [CLS] embeddings against float32.
 The malloc settings matter on these VMs (see docs); the script prints what it runs under.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,33 @@ from hybrid_jax import convert_bert, text
 from hybrid_jax.bert import BertConfig, BertEncoder
 
 SHAPES = {  # HF configs of the published checkpoints (the fields BertConfig reads)
-    "base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072),
-    "large": dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                  intermediate_size=4096),
+    "base": dict(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+    ),
+    "large": dict(
+        vocab_size=30522,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+    ),
 }
 MALLOC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 SUBJECTS = ["a dog", "rain", "a car", "birds", "a crowd", "the wind", "an engine", "a child"]
-ACTIONS = ["barks loudly", "falls on a tin roof", "passes by on a wet street", "chirp in the trees",
-           "cheers in a stadium", "blows through the leaves", "hums steadily", "laughs and shouts"]
+ACTIONS = [
+    "barks loudly",
+    "falls on a tin roof",
+    "passes by on a wet street",
+    "chirp in the trees",
+    "cheers in a stadium",
+    "blows through the leaves",
+    "hums steadily",
+    "laughs and shouts",
+]
 
 
 def print_settings() -> None:
@@ -60,7 +79,9 @@ def captions(count: int) -> list[str]:
 def load_minilm() -> tuple[BertConfig, dict]:
     folder = text.minilm_package_dir()
     config = BertConfig.from_hf(json.loads((folder / "config.json").read_text()))
-    variables = convert_bert.convert_state_dict(convert_bert.read_checkpoint(folder), config).variables
+    variables = convert_bert.convert_state_dict(
+        convert_bert.read_checkpoint(folder), config
+    ).variables
     variables["params"].pop("pooler", None)
     return config, jax.tree.map(jnp.asarray, variables)
 
@@ -74,7 +95,9 @@ def random_model(shape: dict) -> tuple[BertConfig, dict]:
 
 def forward_fn(config: BertConfig, dtype):
     module = BertEncoder(config, dtype=dtype)
-    return jax.jit(lambda v, ids, mask: module.apply(v, ids, mask, train=False)["last_hidden_state"])
+    return jax.jit(
+        lambda v, ids, mask: module.apply(v, ids, mask, train=False)["last_hidden_state"]
+    )
 
 
 def throughput(forward, variables, batch, seconds: float, min_repeats: int) -> dict[str, float]:
@@ -90,8 +113,13 @@ def throughput(forward, variables, batch, seconds: float, min_repeats: int) -> d
         jax.block_until_ready(forward(variables, *batch))
         times.append(time.perf_counter() - start)
     rates = batch[0].shape[0] / np.asarray(times)
-    return dict(median=float(np.median(rates)), low=float(rates.min()), high=float(rates.max()),
-                repeats=len(times), compile_s=compile_s)
+    return dict(
+        median=float(np.median(rates)),
+        low=float(rates.min()),
+        high=float(rates.max()),
+        repeats=len(times),
+        compile_s=compile_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,15 +144,20 @@ def main(argv: list[str] | None = None) -> None:
         for dtype_name in args.dtypes.split(","):
             forward = forward_fn(config, jnp.dtype(dtype_name))
             r = throughput(forward, variables, batch, args.seconds, args.min_repeats)
-            print(f"{name:7s} {dtype_name:9s} {r['median']:8.1f} sentences/s "
-                  f"(min {r['low']:.1f}, max {r['high']:.1f}, {r['repeats']} runs, "
-                  f"compile {r['compile_s']:.1f} s)", flush=True)
+            print(
+                f"{name:7s} {dtype_name:9s} {r['median']:8.1f} sentences/s "
+                f"(min {r['low']:.1f}, max {r['high']:.1f}, {r['repeats']} runs, "
+                f"compile {r['compile_s']:.1f} s)",
+                flush=True,
+            )
             if name == "minilm":
                 cls[dtype_name] = np.asarray(forward(variables, *batch)[:, 0], np.float32)
         if "float32" in cls and "bfloat16" in cls:
             diff = np.abs(cls["bfloat16"] - cls["float32"])
-            print(f"minilm  bf16 vs float32 [CLS]: max abs diff {diff.max():.4f}, mean {diff.mean():.5f} "
-                  f"(|[CLS]| mean {np.abs(cls['float32']).mean():.3f})")
+            print(
+                f"minilm  bf16 vs float32 [CLS]: max abs diff {diff.max():.4f}, "
+                f"mean {diff.mean():.5f} (|[CLS]| mean {np.abs(cls['float32']).mean():.3f})"
+            )
         del variables
 
 

@@ -1,13 +1,16 @@
 """Converts a Hugging Face BERT folder (or Hub id) into a hybrid_jax text-encoder directory.
 
     python tools/convert_bert.py SRC DST
-    python tools/convert_bert.py "$(python -c 'from hybrid_jax import text; print(text.minilm_package_dir())')" \
+    python tools/convert_bert.py bert-base-uncased weights/bert-base-uncased  # Hub id, online
+    python tools/convert_bert.py \
+        "$(python -c 'from hybrid_jax import text; print(text.minilm_package_dir())')" \
         weights/minilm
 
 SRC holds config.json, model.safetensors or pytorch_model.bin (read without torch) and the
 tokenizer files; DST gets variables.safetensors, config.json and the tokenizer files, loadable with
 ``hybrid_jax.pretrained.load_text_encoder(DST)``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="HF model folder (or Hub model id, needs internet)")
     parser.add_argument("destination", help="output directory")
     parser.add_argument("--tokenizer", help="folder with the tokenizer files, if SRC has none")
-    parser.add_argument("--max-length", type=int, default=32, help="tokens per sentence (paper: 32)")
+    parser.add_argument(
+        "--max-length", type=int, default=32, help="tokens per sentence (paper: 32)"
+    )
     args = parser.parse_args(argv)
     conversion = convert_bert.convert_checkpoint(
         args.source, args.destination, tokenizer=args.tokenizer, max_length=args.max_length
