@@ -1,6 +1,6 @@
 """Training-loader throughput (examples/s) on 30 s Clotho-style clips prepared by the real builder.
 
-    python tools/benchmark_pipeline.py [--clips 64] [--batch-size 32] [--rounds 7] [--read-threads 1]
+    python tools/benchmark_pipeline.py [--clips 64] [--batch-size 32] [--rounds 7] [--workers 0] [--cache]
 
 Writes ``--clips`` random 30 s clips + a Clotho captions CSV into a temp dir, prepares them
 with the Clotho TFDS builder (array_record), then times ``TrainLoader`` (tfds.data_source
@@ -49,7 +49,7 @@ def fake_tokenize(texts):
     return {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32), "token_type_ids": 0 * ids}
 
 
-def main() -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -59,8 +59,15 @@ def main() -> None:
     parser.add_argument("--read-threads", type=int, default=1)
     parser.add_argument("--prefetch", type=int, default=2)
     parser.add_argument("--cache", action="store_true", help="hold the split's audio in RAM (CachedSplit)")
+    parser.add_argument("--workers", type=int, default=0, help="Grain worker processes")
     parser.add_argument("--no-malloc-tuning", action="store_true")
-    args = parser.parse_args()
+    from absl import flags
+
+    flags.FLAGS(argv[:1])  # absl (Grain's flags) parsed with defaults; the options are ours
+    return parser.parse_args(argv[1:])
+
+
+def main(args: argparse.Namespace) -> None:
     if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in _MALLOC.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC})
 
@@ -88,6 +95,7 @@ def main() -> None:
             prefetch_batches=args.prefetch,
             process_index=0,
             process_count=1,
+            worker_count=args.workers,
         )
         iterator = iter(loader)
         for _ in range(3):  # warm-up: page cache, thread pool, first permutation
@@ -102,7 +110,7 @@ def main() -> None:
     tuned = "off" if args.no_malloc_tuning else "on (stack.md settings)"
     print(
         f"train loader ({'CachedSplit' if args.cache else 'tfds.data_source'}), 30 s clips, "
-        f"batch {args.batch_size}, read_threads {args.read_threads}, "
+        f"batch {args.batch_size}, read_threads {args.read_threads}, workers {args.workers}, "
         f"malloc tuning {tuned}, {os.cpu_count()} CPUs: median {statistics.median(rates):.0f} "
         f"examples/s (min {min(rates):.0f}, max {max(rates):.0f}, {args.rounds} rounds of "
         f"{args.batches * args.batch_size} examples)"
@@ -110,4 +118,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from absl import app  # Grain's worker processes expect absl-parsed flags
+
+    app.run(main, flags_parser=parse_args)
