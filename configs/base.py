@@ -50,7 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
     data.metadata = "keywords"  # "keywords" (OS tags), "labels" (AudioSet names), "caption" (FS), "none"
     data.metadata_dropout = 0.0  # training: drop an item's metadata with this probability
     data.worker_count = 0  # Grain worker processes (0 = in-process; faster on 2 cores)
+    data.cache_in_memory = False  # hold the training split's int16 audio in RAM (fast; Clotho dev ~5.5 GB)
     data.synthetic = False  # generate + prepare the offline synthetic Clotho-format set if missing
+    data.synthetic_dir = "data/synthetic_clotho"  # where the synthetic raw files go (if synthetic)
+    data.synthetic_seed = 0  # seed of the synthetic dataset
+    data.synthetic_clips = {"development": 400, "validation": 64, "evaluation": 64}  # its size
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.peak_lr = 2e-5  # after the warm-up

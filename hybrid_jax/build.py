@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from hybrid_jax import frontend, pretrained, text
-from hybrid_jax.bert import BertConfig
+from hybrid_jax import text_encoder as text_encoder_lib
 from hybrid_jax.model import AudioSettings, PoolingSettings, RetrievalModel
 
 MINILM = "minilm"  # config.model.text.checkpoint value for the packaged offline MiniLM
@@ -69,7 +69,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
     audio_variables, width = None, audio_cfg.width_mult
     if audio_cfg.checkpoint and model_config.fusion.mode != "metadata_only":
         encoder = pretrained.load_audio_encoder(_require_dir(audio_cfg.checkpoint, "audio (config.model.audio.checkpoint)"))
-        width = encoder.width_mult
+        width = encoder.module.width_mult
         mel = dataclasses.replace(
             encoder.mel_config,
             freq_mask_bins=mel.freq_mask_bins,
@@ -79,14 +79,9 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
             fmax_aug_range=mel.fmax_aug_range,
         )
         audio_variables = encoder.variables
-    text_encoder = pretrained.load_text_encoder(text_checkpoint_dir(text_cfg.checkpoint))
-    bert_config = dataclasses.replace(
-        text_encoder.config,
-        hidden_dropout_prob=text_cfg.dropout,
-        attention_probs_dropout_prob=text_cfg.dropout,
+    text_encoder = text_encoder_lib.load(
+        text_checkpoint_dir(text_cfg.checkpoint), max_length=text_cfg.max_length, dropout=text_cfg.dropout
     )
-    tokenizer = text_encoder.tokenizer
-    tokenizer.max_length = text_cfg.max_length
     model = RetrievalModel(
         audio=AudioSettings(
             width_mult=width,
@@ -94,7 +89,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
             mel=mel,
             depthwise=audio_cfg.depthwise,
         ),
-        text=bert_config,
+        text=text_encoder.config,
         pooling=PoolingSettings(**model_config.pooling.to_dict()),
         fusion=model_config.fusion.mode,
         embed_dim=model_config.fusion.embed_dim,
@@ -105,7 +100,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
         initial_temperature=model_config.temperature,
         dtype=compute_dtype(model_config.dtype),
     )
-    return Built(model, tokenizer, audio_variables, text_encoder.variables)
+    return Built(model, text_encoder.tokenizer, audio_variables, text_encoder.variables)
 
 
 def _graft(target: dict, source: dict, where: str) -> dict:
@@ -122,7 +117,8 @@ def _graft(target: dict, source: dict, where: str) -> dict:
             got = np.asarray(source[key])
             if got.shape != value.shape:
                 raise ValueError(f"pretrained {path} has shape {got.shape}, the model expects {value.shape}")
-            out[key] = jnp.asarray(got, value.dtype)
+            # Placed like the initialised leaf, so a sharded state stays sharded.
+            out[key] = jax.device_put(got.astype(value.dtype), getattr(value, "sharding", None))
     return out
 
 

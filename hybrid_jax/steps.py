@@ -75,7 +75,8 @@ def jit_train_step(train_step, state_shardings, mesh: Mesh):
 
 
 def jit_embed(model: RetrievalModel, method: str, variables_shardings, mesh: Mesh):
-    """Jitted eval-mode embedding of items or queries: (variables, batch) -> dict of [B, ...]."""
+    """Jitted eval-mode embedding of items or queries: (variables, batch) -> dict of [B, ...].
+    The outputs are small, so they are replicated: every process can read all of them."""
 
     def embed(variables, batch):
         return model.apply(variables, batch, train=False, method=getattr(RetrievalModel, method))
@@ -83,5 +84,5 @@ def jit_embed(model: RetrievalModel, method: str, variables_shardings, mesh: Mes
     return jax.jit(
         embed,
         in_shardings=(variables_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=sharding.batch_sharding(mesh),
+        out_shardings=NamedSharding(mesh, P()),
     )
