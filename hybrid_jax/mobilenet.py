@@ -1,0 +1,359 @@
+"""EfficientAT's MobileNetV3 (``mn01`` ... ``mn40``, mlp head) as a Flax Linen module, NHWC.
+
+Submodule names mirror the PyTorch state-dict segments (``features.4.block.2`` becomes
+``features_4/block_2``; the ``0``/``1`` of a conv+BN pair become ``conv``/``bn``), so converting a
+checkpoint is a rename plus layout transposes (see ``convert_efficientat.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.99  # Flax convention; PyTorch's momentum 0.01
+HEAD_HIDDEN = 1280
+SE_REDUCTION = 4
+LAST_CONV_EXPANSION = 6
+
+
+class BlockSpec(NamedTuple):
+    """One inverted-residual block at width 1.0; its input width is the previous block's output."""
+
+    kernel: int
+    expanded: int
+    out: int
+    use_se: bool
+    activation: str  # "relu" or "hardswish"
+    stride: int
+
+
+STEM_CHANNELS = 16
+BLOCK_SPECS = (
+    BlockSpec(3, 16, 16, False, "relu", 1),
+    BlockSpec(3, 64, 24, False, "relu", 2),
+    BlockSpec(3, 72, 24, False, "relu", 1),
+    BlockSpec(5, 72, 40, True, "relu", 2),
+    BlockSpec(5, 120, 40, True, "relu", 1),
+    BlockSpec(5, 120, 40, True, "relu", 1),
+    BlockSpec(3, 240, 80, False, "hardswish", 2),
+    BlockSpec(3, 200, 80, False, "hardswish", 1),
+    BlockSpec(3, 184, 80, False, "hardswish", 1),
+    BlockSpec(3, 184, 80, False, "hardswish", 1),
+    BlockSpec(3, 480, 112, True, "hardswish", 1),
+    BlockSpec(3, 672, 112, True, "hardswish", 1),
+    BlockSpec(5, 672, 160, True, "hardswish", 2),
+    BlockSpec(5, 960, 160, True, "hardswish", 1),
+    BlockSpec(5, 960, 160, True, "hardswish", 1),
+)
+
+ACTIVATIONS = {"relu": nn.relu, "hardswish": jax.nn.hard_swish}
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """TensorFlow MobileNet rounding: nearest multiple of ``divisor``, never more than 10% down."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """A block's rounded channels; ``layers`` names its sub-layers in state-dict order."""
+
+    spec: BlockSpec
+    inp: int
+    expanded: int
+    out: int
+    squeeze: int  # SE bottleneck width, 0 without SE
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        # PyTorch numbers only the sub-layers that exist, so a missing expansion shifts the rest.
+        return (
+            (("expand",) if self.expanded != self.inp else ())
+            + ("depthwise",)
+            + (("se",) if self.spec.use_se else ())
+            + ("project",)
+        )
+
+    @property
+    def residual(self) -> bool:
+        return self.spec.stride == 1 and self.inp == self.out
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelPlan:
+    stem: int
+    blocks: tuple[BlockPlan, ...]
+    last_conv: int
+    head_hidden: int
+
+
+def channel_plan(width_mult: float) -> ChannelPlan:
+    """Rounded channel counts of every layer for a width multiplier (``mn_width_table.tsv``)."""
+    stem = make_divisible(STEM_CHANNELS * width_mult)
+    blocks, inp = [], stem
+    for spec in BLOCK_SPECS:
+        expanded = make_divisible(spec.expanded * width_mult)
+        out = make_divisible(spec.out * width_mult)
+        squeeze = make_divisible(expanded // SE_REDUCTION) if spec.use_se else 0
+        blocks.append(BlockPlan(spec, inp, expanded, out, squeeze))
+        inp = out
+    return ChannelPlan(
+        stem, tuple(blocks), LAST_CONV_EXPANSION * inp, make_divisible(HEAD_HIDDEN * width_mult)
+    )
+
+
+def resolve_depthwise(depthwise: str) -> str:
+    """"auto" -> "shifted" on CPU (XLA:CPU grouped convs are ~10x slower), else "native"."""
+    if depthwise == "auto":
+        return "shifted" if jax.default_backend() == "cpu" else "native"
+    if depthwise not in ("shifted", "native"):
+        raise ValueError(f"depthwise must be 'auto', 'shifted' or 'native', got {depthwise!r}")
+    return depthwise
+
+
+def spatial_conv(x, kernel, stride: int, depthwise: bool, impl: str, precision=None):
+    """k x k conv, NHWC x [k, k, I, O] with PyTorch's symmetric (k - 1) // 2 padding (never SAME).
+
+    ``impl="shifted"`` writes it as a sum of k*k strided slices times per-channel weights, which
+    XLA fuses into one loop; it covers depthwise kernels and single-input-channel ones (the stem).
+    """
+    k = kernel.shape[0]
+    pad = (k - 1) // 2
+    if impl == "native" or not (depthwise or kernel.shape[2] == 1):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1] if depthwise else 1,
+            precision=precision,
+        )
+    batch, height, width, _ = x.shape
+    out_h = (height + 2 * pad - k) // stride + 1
+    out_w = (width + 2 * pad - k) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    total = None
+    for i in range(k):
+        for j in range(k):
+            tap = jax.lax.slice(
+                xp, (0, i, j, 0),
+                (batch, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3]),
+                (1, stride, stride, 1),
+            ) * kernel[i, j, 0]
+            total = tap if total is None else total + tap
+    return total
+
+
+def pointwise_conv(x, kernel, gate=None, precision=None):
+    """1x1 conv as a GEMM; an SE ``gate`` [B, I] is folded into per-example weights instead of
+    scaling the (large) expanded activation."""
+    weights = kernel.reshape(kernel.shape[2], kernel.shape[3])
+    if gate is None:
+        return jnp.einsum("bhwi,io->bhwo", x, weights, precision=precision)
+    return jnp.einsum("bhwi,bio->bhwo", x, gate[:, :, None] * weights, precision=precision)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm with PyTorch's semantics (eps 1e-3, unbiased running variance) that can fold."""
+
+    features: int
+
+    def setup(self):
+        self.scale = self.param("scale", nn.initializers.ones, (self.features,))
+        self.bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
+        self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
+
+    def fold(self):
+        """Eval-mode BN as y * multiplier + shift, each [C] float32."""
+        multiplier = self.scale * jax.lax.rsqrt(self.var.value + BN_EPSILON)
+        return multiplier, self.bias - self.mean.value * multiplier
+
+    def __call__(self, y, *, train: bool):
+        if train:
+            y32 = y.astype(jnp.float32)
+            mean = y32.mean(axis=(0, 1, 2))
+            var = jnp.square(y32 - mean).mean(axis=(0, 1, 2))
+            if not self.is_initializing():
+                count = y.size // y.shape[-1]
+                unbiased = var * count / max(count - 1, 1)  # PyTorch tracks the unbiased variance
+                self.mean.value = BN_MOMENTUM * self.mean.value + (1 - BN_MOMENTUM) * mean
+                self.var.value = BN_MOMENTUM * self.var.value + (1 - BN_MOMENTUM) * unbiased
+            multiplier = self.scale * jax.lax.rsqrt(var + BN_EPSILON)
+            shift = self.bias - mean * multiplier
+        else:
+            multiplier, shift = self.fold()
+        return y * multiplier.astype(y.dtype) + shift.astype(y.dtype)
+
+
+class ConvKernel(nn.Module):
+    """Holds one HWIO kernel, so that the conv's parameters sit at ``.../conv/kernel``."""
+
+    shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self):
+        # EfficientAT's init: kaiming normal, fan_out (= O * k * k for HWIO, also when depthwise).
+        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        return self.param("kernel", init, self.shape)
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) -> BN -> optional activation; in eval the BN folds into the kernel."""
+
+    kind: str  # "full", "depthwise" or "pointwise"
+    in_features: int
+    out_features: int
+    kernel_size: int = 1
+    stride: int = 1
+    activation: Optional[str] = None
+    depthwise: str = "auto"
+    fold_bn: bool = True
+    dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, gate=None):
+        k = self.kernel_size
+        in_per_group = 1 if self.kind == "depthwise" else self.in_features
+        kernel = ConvKernel((k, k, in_per_group, self.out_features), name="conv")()
+        bn = BatchNorm(self.out_features, name="bn")
+        fold = self.fold_bn and not train
+        shift = None
+        if fold:
+            multiplier, shift = bn.fold()
+            kernel = kernel * multiplier
+        kernel = kernel.astype(self.dtype)
+        if self.kind == "pointwise":
+            y = pointwise_conv(x, kernel, gate, self.precision)
+        else:
+            impl = resolve_depthwise(self.depthwise)
+            y = spatial_conv(x, kernel, self.stride, self.kind == "depthwise", impl, self.precision)
+        y = y + shift.astype(self.dtype) if fold else bn(y, train=train)
+        return ACTIVATIONS[self.activation](y) if self.activation else y
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel SE: mean over F and T -> Linear -> ReLU -> Linear -> true sigmoid; returns the gate."""
+
+    features: int
+    squeeze: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        pooled = x.astype(jnp.float32).mean(axis=(1, 2))  # [B, C]
+        dense = dict(kernel_init=nn.initializers.lecun_normal(), precision=self.precision)
+        hidden = nn.relu(nn.Dense(self.squeeze, name="fc1", **dense)(pooled))
+        return nn.sigmoid(nn.Dense(self.features, name="fc2", **dense)(hidden))
+
+
+class ConcurrentSE(nn.Module):
+    """EfficientAT's SE wrapper with its single (channel) branch; max over one branch is identity."""
+
+    features: int
+    squeeze: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        return SqueezeExcitation(self.features, self.squeeze, self.precision, name="conc_se_layers_0")(x)
+
+
+class InvertedResidual(nn.Module):
+    """expand 1x1 (if widened) -> depthwise k x k -> SE gate (fused into project) -> project 1x1."""
+
+    plan: BlockPlan
+    depthwise: str = "auto"
+    fold_bn: bool = True
+    dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        plan, spec = self.plan, self.plan.spec
+        common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, dtype=self.dtype,
+                      precision=self.precision)
+        names = {layer: f"block_{j}" for j, layer in enumerate(plan.layers)}
+        y, gate = x, None
+        if "expand" in names:
+            y = ConvBN("pointwise", plan.inp, plan.expanded, activation=spec.activation,
+                       name=names["expand"], **common)(y, train=train)
+        y = ConvBN("depthwise", plan.expanded, plan.expanded, spec.kernel, spec.stride,
+                   spec.activation, name=names["depthwise"], **common)(y, train=train)
+        if "se" in names:
+            gate = ConcurrentSE(plan.expanded, plan.squeeze, self.precision, name=names["se"])(y)
+            gate = gate.astype(self.dtype)
+        y = ConvBN("pointwise", plan.expanded, plan.out, name=names["project"], **common)(
+            y, train=train, gate=gate)
+        return y + x if plan.residual else y
+
+
+class MobileNetV3(nn.Module):
+    """EfficientAT ``mn*`` network: mel [B, F, T] -> {"logits", "features", "sequence"}.
+
+    ``num_classes=0`` drops the classifier (and "logits"). ``depthwise`` picks the depthwise conv
+    ("auto": shifted-sum on CPU, native grouped conv elsewhere); both use the same [k, k, 1, C]
+    kernels. ``dtype`` is the compute dtype; parameters stay float32. In eval, BN is folded into
+    the preceding conv unless ``fold_bn=False``. Train mode needs ``mutable=["batch_stats"]`` and
+    a "dropout" rng.
+    """
+
+    width_mult: float
+    num_classes: int = 527
+    depthwise: str = "auto"
+    dtype: Any = jnp.float32
+    fold_bn: bool = True
+    dropout_rate: float = 0.2
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, mel, *, train: bool):
+        plan = channel_plan(self.width_mult)
+        common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, dtype=self.dtype,
+                      precision=self.precision)
+        x = jnp.asarray(mel, self.dtype)[..., None]  # NHWC: H = frequency, W = time
+        x = ConvBN("full", 1, plan.stem, 3, 2, "hardswish", name="features_0", **common)(
+            x, train=train)
+        for index, block in enumerate(plan.blocks, start=1):
+            x = InvertedResidual(block, name=f"features_{index}", **common)(x, train=train)
+        x = ConvBN("pointwise", plan.blocks[-1].out, plan.last_conv, activation="hardswish",
+                   name=f"features_{len(plan.blocks) + 1}", **common)(x, train=train)
+        x = x.astype(jnp.float32)  # [B, F', T', C]
+        sequence = x.mean(axis=1)  # [B, T', C]
+        features = sequence.mean(axis=1)  # [B, C], equal to the mean over F' and T'
+        out = {"features": features, "sequence": sequence}
+        if self.num_classes:
+            dense = dict(kernel_init=nn.initializers.normal(0.01), precision=self.precision)
+            h = jax.nn.hard_swish(nn.Dense(plan.head_hidden, name="classifier_2", **dense)(features))
+            h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+            out["logits"] = nn.Dense(self.num_classes, name="classifier_5", **dense)(h)
+        return out
+
+
+def random_variables(module: MobileNetV3, seed: int = 0) -> dict[str, Any]:
+    """Random variables drawn with NumPy from the shapes of ``module.init``.
+
+    Same scales as the initialisers (He normal convs, LeCun normal dense, identity BN), but without
+    compiling ``init``: XLA:CPU builds one RNG kernel per parameter, which takes minutes at mn40.
+    For benchmarks and tests; the model itself is always started from converted weights.
+    """
+    rng = np.random.default_rng(seed)
+    mel = jax.ShapeDtypeStruct((1, 128, 32), jnp.float32)
+    shapes = jax.eval_shape(lambda m: module.init(jax.random.key(0), m, train=False), mel)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel" and len(shape) == 4:  # HWIO conv, fan_out = k * k * O
+            return rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[1] * shape[3])), shape)
+        if name == "kernel":
+            return rng.normal(0.0, np.sqrt(1.0 / shape[0]), shape)
+        return np.ones(shape) if name in ("scale", "var") else np.zeros(shape)
+
+    return jax.tree_util.tree_map_with_path(lambda p, l: draw(p, l).astype(np.float32), shapes)

@@ -1,0 +1,171 @@
+"""MobileNetV3 (EfficientAT mn*): channel plans, layer equivalences, parity from the stored mel, train mode."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybrid_jax import convert_efficientat, mobilenet
+from hybrid_jax.state_dict import read_state_dict
+
+# From EfficientAT's width table: prefix -> (width, stem, "in/expanded/out" of the 15 blocks,
+# last conv, head hidden, parameters with 527 classes).
+WIDTH_TABLE = {
+    "mn01": (0.1, 8, "8/8/8,8/8/8,8/8/8,8/8/8,8/16/8,8/16/8,8/24/8,8/24/8,8/24/8,8/24/8,8/48/16,16/64/16,16/64/16,16/96/16,16/96/16", 96, 128, 123783),
+    "mn02": (0.2, 8, "8/8/8,8/16/8,8/16/8,8/16/8,8/24/8,8/24/8,8/48/16,16/40/16,16/40/16,16/40/16,16/96/24,24/136/24,24/136/32,32/192/32,32/192/32", 192, 256, 324695),
+    "mn04": (0.4, 8, "8/8/8,8/24/16,16/32/16,16/32/16,16/48/16,16/48/16,16/96/32,32/80/32,32/72/32,32/72/32,32/192/48,48/272/48,48/272/64,64/384/64,64/384/64", 384, 512, 983599),
+    "mn05": (0.5, 8, "8/8/8,8/32/16,16/40/16,16/40/24,24/64/24,24/64/24,24/120/40,40/104/40,40/96/40,40/96/40,40/240/56,56/336/56,56/336/80,80/480/80,80/480/80", 480, 640, 1431239),
+    "mn06": (0.6, 16, "16/16/16,16/40/16,16/40/16,16/40/24,24/72/24,24/72/24,24/144/48,48/120/48,48/112/48,48/112/48,48/288/64,64/400/64,64/400/96,96/576/96,96/576/96", 576, 768, 1947583),
+    "mn08": (0.8, 16, "16/16/16,16/48/24,24/56/24,24/56/32,32/96/32,32/96/32,32/192/64,64/160/64,64/144/64,64/144/64,64/384/88,88/536/88,88/536/128,128/768/128,128/768/128", 768, 1024, 3246647),
+    "mn10": (1.0, 16, "16/16/16,16/64/24,24/72/24,24/72/40,40/120/40,40/120/40,40/240/80,80/200/80,80/184/80,80/184/80,80/480/112,112/672/112,112/672/160,160/960/160,160/960/160", 960, 1280, 4876831),
+    "mn12": (1.2, 24, "24/24/24,24/80/32,32/88/32,32/88/48,48/144/48,48/144/48,48/288/96,96/240/96,96/224/96,96/224/96,96/576/136,136/808/136,136/808/192,192/1152/192,192/1152/192", 1152, 1536, 6836831),
+    "mn14": (1.4, 24, "24/24/24,24/88/32,32/104/32,32/104/56,56/168/56,56/168/56,56/336/112,112/280/112,112/256/112,112/256/112,112/672/160,160/944/160,160/944/224,224/1344/224,224/1344/224", 1344, 1792, 9140807),
+    "mn16": (1.6, 24, "24/24/24,24/104/40,40/112/40,40/112/64,64/192/64,64/192/64,64/384/128,128/320/128,128/296/128,128/296/128,128/768/176,176/1072/176,176/1072/256,256/1536/256,256/1536/256", 1536, 2048, 11710071),
+    "mn20": (2.0, 32, "32/32/32,32/128/48,48/144/48,48/144/80,80/240/80,80/240/80,80/480/160,160/400/160,160/368/160,160/368/160,160/960/224,224/1344/224,224/1344/320,320/1920/320,320/1920/320", 1920, 2560, 17909287),
+    "mn30": (3.0, 48, "48/48/48,48/192/72,72/216/72,72/216/120,120/360/120,120/360/120,120/720/240,240/600/240,240/552/240,240/552/240,240/1440/336,336/2016/336,336/2016/480,480/2880/480,480/2880/480", 2880, 3840, 39086367),
+    "mn40": (4.0, 64, "64/64/64,64/256/96,96/288/96,96/288/160,160/480/160,160/480/160,160/960/320,320/800/320,320/736/320,320/736/320,320/1920/448,448/2688/448,448/2688/640,640/3840/640,640/3840/640", 3840, 5120, 68427303),
+}
+
+
+@pytest.mark.parametrize("prefix", sorted(WIDTH_TABLE))
+def test_channel_plan_and_parameter_count(prefix):
+    width, stem, blocks, last, hidden, params = WIDTH_TABLE[prefix]
+    plan = mobilenet.channel_plan(width)
+    assert convert_efficientat.WIDTHS[prefix] == width
+    assert plan.stem == stem and plan.last_conv == last and plan.head_hidden == hidden
+    assert ",".join(f"{b.inp}/{b.expanded}/{b.out}" for b in plan.blocks) == blocks
+    counted = sum(int(np.prod(entry.shape)) for entry in convert_efficientat.key_map(width).values()
+                  if entry.path[0] == "params")
+    assert counted == params
+
+
+@pytest.mark.parametrize("width", [0.1, 4.0])
+def test_module_variables_match_the_plan(width):
+    # Shape-only (no compute): the module's variables are exactly the converter's key map.
+    module = mobilenet.MobileNetV3(width)
+    mel = jax.ShapeDtypeStruct((1, 128, 1000), jnp.float32)
+    variables = jax.eval_shape(lambda m: module.init(jax.random.key(0), m, train=False), mel)
+    flat = {"/".join(k.key for k in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+    expected = {"/".join(entry.path): entry.shape if entry.rule.axes is None
+                else tuple(entry.shape[a] for a in entry.rule.axes)
+                for entry in convert_efficientat.key_map(width).values()}
+    assert flat == expected
+    out = jax.eval_shape(lambda v, m: module.apply(v, m, train=False), variables, mel)
+    channels = mobilenet.channel_plan(width).last_conv
+    assert out["sequence"].shape == (1, 32, channels) and out["features"].shape == (1, channels)
+    assert out["logits"].shape == (1, 527)
+
+
+@pytest.mark.parametrize("frames", [310, 33, 1000, 1])
+def test_any_length_rounds_up(frames):
+    module = mobilenet.MobileNetV3(0.1, num_classes=0)
+    mel = jax.ShapeDtypeStruct((2, 128, frames), jnp.float32)
+    out = jax.eval_shape(lambda m: module.init_with_output(jax.random.key(0), m, train=False)[0], mel)
+    assert set(out) == {"features", "sequence"}  # num_classes=0: no classifier
+    assert out["sequence"].shape == (2, -(-frames // 32), 96)
+
+
+@pytest.mark.parametrize("kernel_size,stride,height,width", [(3, 1, 9, 12), (3, 2, 10, 13), (5, 2, 7, 8), (5, 1, 6, 5)])
+def test_shifted_depthwise_equals_native(kernel_size, stride, height, width):
+    rng = np.random.default_rng(kernel_size * stride)
+    x = jnp.asarray(rng.normal(size=(2, height, width, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 1, 6)), jnp.float32)
+    native = mobilenet.spatial_conv(x, kernel, stride, True, "native")
+    shifted = mobilenet.spatial_conv(x, kernel, stride, True, "shifted")
+    assert shifted.shape == native.shape == (2, -(-height // stride), -(-width // stride), 6)
+    np.testing.assert_allclose(shifted, native, atol=1e-5)
+    # The single-input-channel stem takes the same shifted path.
+    stem = kernel.reshape(kernel_size, kernel_size, 6, 1).transpose(0, 1, 3, 2)
+    np.testing.assert_allclose(mobilenet.spatial_conv(x[..., :1], stem, stride, False, "shifted"),
+                               mobilenet.spatial_conv(x[..., :1], stem, stride, False, "native"), atol=1e-5)
+
+
+def test_padding_is_symmetric_not_same():
+    # Stride 2, pad (1, 1): output row o is centred on input row 2o, so the kernel's top row reads
+    # row 2o - 1 (zero padding for o = 0). SAME would pad (0, 1) and read rows 0, 2, 4, 6.
+    x = jnp.arange(8.0).reshape(1, 8, 1, 1)
+    kernel = jnp.zeros((3, 3, 1, 1)).at[0, 1].set(1.0)  # picks the row above the centre
+    for impl in ("shifted", "native"):
+        out = mobilenet.spatial_conv(x, kernel, 2, True, impl)
+        np.testing.assert_array_equal(out[0, :, 0, 0], [0.0, 1.0, 3.0, 5.0])
+
+
+@pytest.fixture(scope="module")
+def fixture_model(fixtures_dir):
+    folder = fixtures_dir / "efficientat_mn04"
+    state_dict = read_state_dict(folder / "state_dict.safetensors")
+    return convert_efficientat.convert(state_dict, 0.4), dict(np.load(folder / "arrays.npz"))
+
+
+@pytest.mark.parametrize("depthwise", ["shifted", "native"])
+def test_network_from_stored_mel_matches_pytorch(fixture_model, depthwise):
+    variables, arrays = fixture_model
+    module = mobilenet.MobileNetV3(0.4, depthwise=depthwise)
+    with jax.default_matmul_precision("highest"):
+        out = jax.jit(lambda v, m: module.apply(v, m, train=False))(variables, arrays["mel"])
+    reference = arrays["embedding_sequence"]  # [B, C, F', T']
+    # Ten times tighter than end to end: only the network's float32 rounding differs.
+    np.testing.assert_allclose(out["logits"], arrays["logits"], rtol=0, atol=5e-5)
+    atol = 1e-5 * np.abs(reference).max() + 1e-5
+    np.testing.assert_allclose(out["sequence"], reference.mean(axis=2).transpose(0, 2, 1), rtol=0, atol=atol)
+    np.testing.assert_allclose(out["features"], arrays["pooled_features"], rtol=0, atol=atol)
+
+
+def test_folded_batch_norm_equals_unfolded(fixture_model):
+    variables, _ = fixture_model
+    block = mobilenet.InvertedResidual(mobilenet.channel_plan(0.4).blocks[11])  # expand, SE, residual
+    unfolded = block.clone(fold_bn=False)
+    block_variables = {c: variables[c]["features_12"] for c in variables}
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 10, 48)), jnp.float32)
+    np.testing.assert_allclose(block.apply(block_variables, x, train=False),
+                               unfolded.apply(block_variables, x, train=False), atol=1e-5)
+
+
+def test_batch_norm_train_mode_tracks_pytorch_statistics():
+    bn = mobilenet.BatchNorm(3)
+    variables = bn.init(jax.random.key(0), jnp.zeros((1, 1, 1, 3)), train=False)
+    y = jnp.asarray(np.random.default_rng(1).normal(2.0, 3.0, size=(2, 4, 5, 3)), jnp.float32)
+    out, updates = bn.apply(variables, y, train=True, mutable=["batch_stats"])
+    flat = np.asarray(y).reshape(-1, 3)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.01 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.99 + 0.01 * flat.var(0, ddof=1), rtol=1e-5)
+    expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-3)  # biased variance, eps 1e-3
+    np.testing.assert_allclose(np.asarray(out).reshape(-1, 3), expected, atol=1e-4)
+
+
+def test_train_mode_updates_batch_stats_and_uses_dropout():
+    module = mobilenet.MobileNetV3(0.1)
+    mel = jnp.asarray(np.random.default_rng(2).normal(size=(2, 128, 40)), jnp.float32)
+    variables = mobilenet.random_variables(module)
+
+    @jax.jit
+    def train(variables, dropout_key):
+        return module.apply(variables, mel, train=True, mutable=["batch_stats"],
+                            rngs={"dropout": dropout_key})
+
+    out, updates = train(variables, jax.random.key(1))
+    again, _ = train(variables, jax.random.key(1))
+    other, _ = train(variables, jax.random.key(2))
+    np.testing.assert_array_equal(out["logits"], again["logits"])
+    assert not np.allclose(out["logits"], other["logits"])  # dropout differs
+    np.testing.assert_array_equal(out["sequence"], other["sequence"])  # dropout is in the head only
+    before, after = variables["batch_stats"], updates["batch_stats"]
+    # Every variance moves; a mean can stay 0 where the input is already batch-normalised and the
+    # conv is linear (an expansion right after a projection BN), so check the stem's.
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
+    assert all(v for path, v in jax.tree_util.tree_leaves_with_path(moved) if path[-1].key == "var")
+    assert not np.allclose(before["features_0"]["bn"]["mean"], after["features_0"]["bn"]["mean"])
+    eval_out = jax.jit(lambda v: module.apply(v, mel, train=False))(variables)
+    assert not np.allclose(eval_out["sequence"], out["sequence"], atol=1e-3)  # batch vs running stats
+    with pytest.raises(Exception, match="dropout"):
+        jax.eval_shape(lambda v: module.apply(v, mel, train=True, mutable=["batch_stats"]), variables)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(fixture_model):
+    variables, arrays = fixture_model
+    module = mobilenet.MobileNetV3(0.4, dtype=jnp.bfloat16)
+    out = jax.jit(lambda v, m: module.apply(v, m, train=False))(variables, arrays["mel"][:1])
+    assert out["logits"].dtype == jnp.float32
+    # bf16 keeps ~3 significant digits; the logits must still follow the float32 ones.
+    correlation = np.corrcoef(out["logits"][0], arrays["logits"][0])[0, 1]
+    assert correlation > 0.98, correlation
