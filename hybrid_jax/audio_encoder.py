@@ -1,0 +1,84 @@
+"""Pretrained EfficientAT audio tower for inference: waveform -> log-mel -> MobileNetV3 outputs."""
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybrid_jax import frontend, mobilenet, weights
+
+SAMPLE_RATE = 32000
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(module: mobilenet.MobileNetV3, mel_config: frontend.MelConfig):
+    # Keyed on the (hashable) settings, so encoders with equal settings share compiled code.
+    log_mel = jax.jit(lambda waveform: frontend.log_mel(waveform, mel_config))
+    embed_mel = jax.jit(lambda variables, mel: module.apply(variables, mel, train=False))
+    return log_mel, embed_mel
+
+
+class AudioEncoder:
+    """Eval-mode, float32 audio tower. Calls are jitted (compiled once per input shape).
+
+    ``module``, ``variables`` and ``mel_config`` are public so that the retrieval model can reuse
+    the tower (e.g. ``module.apply(variables, mel, train=True, mutable=["batch_stats"])``).
+    """
+
+    def __init__(self, module: mobilenet.MobileNetV3, variables: dict[str, Any],
+                 mel_config: frontend.MelConfig = frontend.MelConfig(), config: Optional[dict] = None):
+        self.module = module
+        self.variables = jax.device_put(variables)
+        self.mel_config = mel_config
+        self.config = dict(config or {})
+        self._log_mel, self._embed_mel = _jitted(module, mel_config)
+
+    def log_mel(self, waveform) -> np.ndarray:
+        """[B, L] float32 at 32 kHz -> normalised log-mel [B, n_mels, T]."""
+        return np.asarray(self._log_mel(jnp.asarray(waveform, jnp.float32)))
+
+    def embed_mel(self, mel) -> dict[str, np.ndarray]:
+        """[B, n_mels, T] -> {"logits" [B, K], "features" [B, C], "sequence" [B, T', C]}."""
+        out = self._embed_mel(self.variables, jnp.asarray(mel, jnp.float32))
+        return {name: np.asarray(value) for name, value in out.items()}
+
+    def embed(self, waveform) -> dict[str, np.ndarray]:
+        """[B, L] float32 at 32 kHz -> {"logits" [B, K], "features" [B, C], "sequence" [B, T', C]}.
+
+        T' = ceil(T / 32): one step per 0.32 s at the default hop. Mel and network are two jitted
+        calls so that the mel can also be inspected; the extra host round trip is negligible.
+        """
+        mel = self._log_mel(jnp.asarray(waveform, jnp.float32))
+        out = self._embed_mel(self.variables, mel)
+        return {name: np.asarray(value) for name, value in out.items()}
+
+    def embed_file(self, path: str | pathlib.Path) -> dict[str, np.ndarray]:
+        """Reads an audio file (mono mix, resampled to 32 kHz) and embeds it as a batch of one."""
+        waveform = read_audio(path, self.mel_config.sample_rate)
+        return self.embed(waveform[None, :])
+
+
+def read_audio(path: str | pathlib.Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Audio file -> mono float32 [L] at ``sample_rate`` (librosa: soundfile to read, soxr to resample)."""
+    import librosa
+
+    waveform, _ = librosa.load(str(path), sr=sample_rate, mono=True)
+    return waveform.astype(np.float32)
+
+
+def load(directory: str | pathlib.Path, depthwise: str = "auto") -> AudioEncoder:
+    """Loads a directory written by ``tools/convert_efficientat.py``."""
+    variables, config = weights.load(directory)
+    if config.get("head", "mlp") != "mlp":
+        raise ValueError(f"{directory}: head {config['head']!r} is not supported")
+    module = mobilenet.MobileNetV3(
+        width_mult=float(config["width_mult"]),
+        num_classes=int(config["num_classes"]),
+        depthwise=depthwise,
+    )
+    mel_config = frontend.MelConfig(**config.get("mel", {}))
+    return AudioEncoder(module, variables, mel_config, config)

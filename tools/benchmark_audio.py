@@ -1,0 +1,89 @@
+"""Audio-tower inference throughput: mel front end + MobileNetV3, 10 s clips/s after compilation.
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \
+        .venv/bin/python tools/benchmark_audio.py --widths 1.0 4.0 --batches 8
+
+Random weights (speed does not depend on them). Prints the settings that change the numbers
+(backend, threads, allocator variables); run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from hybrid_jax import frontend, mobilenet  # noqa: E402
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build(width_mult: float, depthwise: str, dtype, mel_only: bool):
+    config = frontend.MelConfig()
+    module = mobilenet.MobileNetV3(width_mult, depthwise=depthwise, dtype=dtype)
+    variables = mobilenet.random_variables(module)
+
+    @jax.jit
+    def forward(variables, waveform):
+        mel = frontend.log_mel(waveform, config)
+        if mel_only:
+            return mel
+        return module.apply(variables, mel, train=False)
+
+    return variables, forward
+
+
+def measure(forward, variables, waveform, repeats: int) -> list[float]:
+    jax.block_until_ready(forward(variables, waveform))  # compile + warm up
+    jax.block_until_ready(forward(variables, waveform))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(forward(variables, waveform))
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.4, 1.0, 4.0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "native"])
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mel-only", action="store_true", help="time the front end alone")
+    args = parser.parse_args(argv)
+
+    print(f"backend={jax.default_backend()} devices={jax.devices()} cpu_count={os.cpu_count()} "
+          f"affinity={len(os.sched_getaffinity(0))}")
+    for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "XLA_FLAGS",
+                 "OMP_NUM_THREADS"):
+        print(f"  {name}={os.environ.get(name, '(unset)')}")
+    print(f"depthwise={mobilenet.resolve_depthwise(args.depthwise)} dtype={args.dtype} "
+          f"clip={args.seconds} s repeats={args.repeats} load_average={os.getloadavg()[0]:.2f}")
+    rng = np.random.default_rng(0)
+    for width in args.widths:
+        variables, forward = build(width, args.depthwise, DTYPES[args.dtype], args.mel_only)
+        for batch in args.batches:
+            waveform = jnp.asarray(
+                rng.uniform(-0.5, 0.5, (batch, int(args.seconds * 32000))).astype(np.float32))
+            seconds = measure(forward, variables, waveform, args.repeats)
+            rates = sorted(batch / s for s in seconds)
+            label = "mel only" if args.mel_only else f"mel + width {width}"
+            print(f"{label:>18} batch {batch:3d}: {statistics.median(rates):7.1f} clips/s "
+                  f"(min {rates[0]:.1f}, max {rates[-1]:.1f}; median {statistics.median(seconds) * 1e3:.0f} ms/batch)",
+                  flush=True)
+        if args.mel_only:
+            break
+    print(f"load_average_after={os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
