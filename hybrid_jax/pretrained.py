@@ -4,15 +4,17 @@ from __future__ import annotations
 import pathlib
 
 
-def load_audio_encoder(directory: str | pathlib.Path):
-    """Loads a directory written by ``tools/convert_efficientat.py`` -> ``AudioEncoder``."""
+def load_audio_encoder(directory: str | pathlib.Path, **options):
+    """Loads a directory written by ``tools/convert_efficientat.py`` -> ``AudioEncoder``.
+    ``options`` go to ``hybrid_jax.audio_encoder.load`` (e.g. ``depthwise="native"``)."""
     from hybrid_jax import audio_encoder
 
-    return audio_encoder.load(directory)
+    return audio_encoder.load(directory, **options)
 
 
-def load_text_encoder(directory: str | pathlib.Path):
-    """Loads a directory written by ``tools/convert_bert.py`` -> ``TextEncoder``."""
+def load_text_encoder(directory: str | pathlib.Path, **options):
+    """Loads a directory written by ``tools/convert_bert.py`` -> ``TextEncoder``.
+    ``options`` go to ``hybrid_jax.text_encoder.load`` (e.g. ``dtype=jnp.bfloat16``)."""
     from hybrid_jax import text_encoder
 
-    return text_encoder.load(directory)
+    return text_encoder.load(directory, **options)
