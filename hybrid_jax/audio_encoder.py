@@ -15,11 +15,16 @@ SAMPLE_RATE = 32000
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(module: mobilenet.MobileNetV3, mel_config: frontend.MelConfig):
+def _jitted(module: mobilenet.MobileNetV3, mel_config: frontend.MelConfig, eval_chunk):
     # Keyed on the (hashable) settings, so encoders with equal settings share compiled code.
+    def embed_mel(variables, mel):
+        return mobilenet.apply_eval(module, variables, mel, eval_chunk)
+
+    def embed(variables, waveform):
+        return embed_mel(variables, frontend.log_mel(waveform, mel_config))
+
     log_mel = jax.jit(lambda waveform: frontend.log_mel(waveform, mel_config))
-    embed_mel = jax.jit(lambda variables, mel: module.apply(variables, mel, train=False))
-    return log_mel, embed_mel
+    return log_mel, jax.jit(embed_mel), jax.jit(embed)
 
 
 class AudioEncoder:
@@ -30,12 +35,13 @@ class AudioEncoder:
     """
 
     def __init__(self, module: mobilenet.MobileNetV3, variables: dict[str, Any],
-                 mel_config: frontend.MelConfig = frontend.MelConfig(), config: Optional[dict] = None):
+                 mel_config: frontend.MelConfig = frontend.MelConfig(), config: Optional[dict] = None,
+                 eval_chunk: int | str = "auto"):
         self.module = module
         self.variables = jax.device_put(variables)
         self.mel_config = mel_config
         self.config = dict(config or {})
-        self._log_mel, self._embed_mel = _jitted(module, mel_config)
+        self._log_mel, self._embed_mel, self._embed = _jitted(module, mel_config, eval_chunk)
 
     def log_mel(self, waveform) -> np.ndarray:
         """[B, L] float32 at 32 kHz -> normalised log-mel [B, n_mels, T]."""
@@ -49,11 +55,9 @@ class AudioEncoder:
     def embed(self, waveform) -> dict[str, np.ndarray]:
         """[B, L] float32 at 32 kHz -> {"logits" [B, K], "features" [B, C], "sequence" [B, T', C]}.
 
-        T' = ceil(T / 32): one step per 0.32 s at the default hop. Mel and network are two jitted
-        calls so that the mel can also be inspected; the extra host round trip is negligible.
+        T' = ceil(T / 32): one step per 0.32 s at the default hop.
         """
-        mel = self._log_mel(jnp.asarray(waveform, jnp.float32))
-        out = self._embed_mel(self.variables, mel)
+        out = self._embed(self.variables, jnp.asarray(waveform, jnp.float32))
         return {name: np.asarray(value) for name, value in out.items()}
 
     def embed_file(self, path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -70,8 +74,11 @@ def read_audio(path: str | pathlib.Path, sample_rate: int = SAMPLE_RATE) -> np.n
     return waveform.astype(np.float32)
 
 
-def load(directory: str | pathlib.Path, depthwise: str = "auto") -> AudioEncoder:
-    """Loads a directory written by ``tools/convert_efficientat.py``."""
+def load(directory: str | pathlib.Path, depthwise: str = "auto", eval_chunk: int | str = "auto") -> AudioEncoder:
+    """Loads a directory written by ``tools/convert_efficientat.py``.
+
+    ``depthwise`` and ``eval_chunk`` only change speed ("auto" picks per backend, see mobilenet).
+    """
     variables, config = weights.load(directory)
     if config.get("head", "mlp") != "mlp":
         raise ValueError(f"{directory}: head {config['head']!r} is not supported")
@@ -81,4 +88,4 @@ def load(directory: str | pathlib.Path, depthwise: str = "auto") -> AudioEncoder
         depthwise=depthwise,
     )
     mel_config = frontend.MelConfig(**config.get("mel", {}))
-    return AudioEncoder(module, variables, mel_config, config)
+    return AudioEncoder(module, variables, mel_config, config, eval_chunk)

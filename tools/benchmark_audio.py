@@ -3,7 +3,8 @@
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \
         .venv/bin/python tools/benchmark_audio.py --widths 1.0 4.0 --batches 8
 
-Random weights (speed does not depend on them). Prints the settings that change the numbers
+Times the public path, ``AudioEncoder.embed`` (NumPy in, NumPy out), with random weights
+(speed does not depend on them). Prints the settings that change the numbers
 (backend, threads, allocator variables); run it on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -19,24 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hybrid_jax import frontend, mobilenet  # noqa: E402
+from hybrid_jax import audio_encoder, mobilenet  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build(width_mult: float, depthwise: str, dtype, mel_only: bool):
-    config = frontend.MelConfig()
+def build(width_mult: float, depthwise: str, dtype, eval_chunk: str, mel_only: bool):
+    """The public inference path (``AudioEncoder.embed``) with random weights -> (variables, fn)."""
     module = mobilenet.MobileNetV3(width_mult, depthwise=depthwise, dtype=dtype)
-    variables = mobilenet.random_variables(module)
-
-    @jax.jit
-    def forward(variables, waveform):
-        mel = frontend.log_mel(waveform, config)
-        if mel_only:
-            return mel
-        return module.apply(variables, mel, train=False)
-
-    return variables, forward
+    encoder = audio_encoder.AudioEncoder(module, mobilenet.random_variables(module),
+                                         eval_chunk=eval_chunk)
+    if mel_only:
+        return None, lambda _, waveform: encoder.log_mel(waveform)
+    return encoder.variables, lambda _, waveform: encoder.embed(waveform)
 
 
 def measure(forward, variables, waveform, repeats: int) -> list[float]:
@@ -50,12 +46,24 @@ def measure(forward, variables, waveform, repeats: int) -> list[float]:
     return seconds
 
 
+def gemm_gflops() -> float:
+    """fp32 GEMM rate now: ~190 GFLOP/s on an idle 2-core Zen 4 here; much less means contention."""
+    a = jnp.ones((1024, 1024), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    start = time.perf_counter()
+    for _ in range(20):
+        jax.block_until_ready(matmul(a))
+    return 20 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", type=float, nargs="+", default=[0.4, 1.0, 4.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "native"])
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--eval-chunk", default="auto", help='examples per network call: "auto", 0 = whole batch')
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mel-only", action="store_true", help="time the front end alone")
@@ -67,13 +75,15 @@ def main(argv=None) -> None:
                  "OMP_NUM_THREADS"):
         print(f"  {name}={os.environ.get(name, '(unset)')}")
     print(f"depthwise={mobilenet.resolve_depthwise(args.depthwise)} dtype={args.dtype} "
-          f"clip={args.seconds} s repeats={args.repeats} load_average={os.getloadavg()[0]:.2f}")
+          f"eval_chunk={mobilenet.resolve_eval_chunk(args.eval_chunk)} "
+          f"clip={args.seconds} s repeats={args.repeats} load_average={os.getloadavg()[0]:.2f} "
+          f"gemm={gemm_gflops():.0f} GFLOP/s")
     rng = np.random.default_rng(0)
     for width in args.widths:
-        variables, forward = build(width, args.depthwise, DTYPES[args.dtype], args.mel_only)
+        eval_chunk = args.eval_chunk if args.eval_chunk == "auto" else int(args.eval_chunk)
+        variables, forward = build(width, args.depthwise, DTYPES[args.dtype], eval_chunk, args.mel_only)
         for batch in args.batches:
-            waveform = jnp.asarray(
-                rng.uniform(-0.5, 0.5, (batch, int(args.seconds * 32000))).astype(np.float32))
+            waveform = rng.uniform(-0.5, 0.5, (batch, int(args.seconds * 32000))).astype(np.float32)
             seconds = measure(forward, variables, waveform, args.repeats)
             rates = sorted(batch / s for s in seconds)
             label = "mel only" if args.mel_only else f"mel + width {width}"
@@ -82,7 +92,7 @@ def main(argv=None) -> None:
                   flush=True)
         if args.mel_only:
             break
-    print(f"load_average_after={os.getloadavg()[0]:.2f}")
+    print(f"load_average_after={os.getloadavg()[0]:.2f} gemm_after={gemm_gflops():.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
