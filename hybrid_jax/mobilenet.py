@@ -1,4 +1,4 @@
-"""EfficientAT's MobileNetV3 (``mn01`` ... ``mn40``, mlp head) as a Flax Linen module, NHWC.
+"""EfficientAT's MobileNetV3 (``mn01`` ... ``mn40``, mlp head) as a Flax Linen module (NHWC, H = time).
 
 Submodule names mirror the PyTorch state-dict segments (``features.4.block.2`` becomes
 ``features_4/block_2``; the ``0``/``1`` of a conv+BN pair become ``conv``/``bn``), so converting a
@@ -205,7 +205,7 @@ class ConvKernel(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias) -> BN -> optional activation; in eval the BN folds into the kernel."""
+    """Conv (no bias) -> BN -> optional activation on (B, T, F, C); in eval the BN folds into the kernel."""
 
     kind: str  # "full", "depthwise" or "pointwise"
     in_features: int
@@ -234,6 +234,7 @@ class ConvBN(nn.Module):
             y = pointwise_conv(x, kernel, gate, self.precision)
         else:
             impl = resolve_depthwise(self.depthwise)
+            kernel = kernel.transpose(1, 0, 2, 3)  # (frequency, time) -> activations' (time, frequency)
             y = spatial_conv(x, kernel, self.stride, self.kind == "depthwise", impl, self.precision)
         y = y + shift.astype(self.dtype) if fold else bn(y, train=train)
         return ACTIVATIONS[self.activation](y) if self.activation else y
@@ -318,15 +319,18 @@ class MobileNetV3(nn.Module):
         plan = channel_plan(self.width_mult)
         common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, dtype=self.dtype,
                       precision=self.precision)
-        x = jnp.asarray(mel, self.dtype)[..., None]  # NHWC: H = frequency, W = time
+        # Activations are time-major, (B, T, F, C): rows of F*C values keep the shifted sums'
+        # working set in cache (~7-12% faster on CPU than (B, F, T, C)) and the sequence comes out
+        # time-major. Kernels keep PyTorch's (frequency, time) orientation; ConvBN swaps them.
+        x = jnp.asarray(mel, self.dtype).transpose(0, 2, 1)[..., None]
         x = ConvBN("full", 1, plan.stem, 3, 2, "hardswish", name="features_0", **common)(
             x, train=train)
         for index, block in enumerate(plan.blocks, start=1):
             x = InvertedResidual(block, name=f"features_{index}", **common)(x, train=train)
         x = ConvBN("pointwise", plan.blocks[-1].out, plan.last_conv, activation="hardswish",
                    name=f"features_{len(plan.blocks) + 1}", **common)(x, train=train)
-        x = x.astype(jnp.float32)  # [B, F', T', C]
-        sequence = x.mean(axis=1)  # [B, T', C]
+        x = x.astype(jnp.float32)  # [B, T', F', C]
+        sequence = x.mean(axis=2)  # [B, T', C]
         features = sequence.mean(axis=1)  # [B, C], equal to the mean over F' and T'
         out = {"features": features, "sequence": sequence}
         if self.num_classes:
