@@ -67,14 +67,15 @@ class AudioEncoder:
 
 
 def read_audio(path: str | pathlib.Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Audio file -> mono float32 [L] at ``sample_rate`` (librosa: soundfile to read, soxr to resample)."""
+    """Audio file -> mono float32 [L] at ``sample_rate`` (librosa: soundfile reads, soxr resamples)."""
     import librosa
 
     waveform, _ = librosa.load(str(path), sr=sample_rate, mono=True)
     return waveform.astype(np.float32)
 
 
-def load(directory: str | pathlib.Path, depthwise: str = "auto", eval_chunk: int | str = "auto") -> AudioEncoder:
+def load(directory: str | pathlib.Path, depthwise: str = "auto",
+         eval_chunk: int | str = "auto") -> AudioEncoder:
     """Loads a directory written by ``tools/convert_efficientat.py``.
 
     ``depthwise`` and ``eval_chunk`` only change speed ("auto" picks per backend, see mobilenet).

@@ -28,7 +28,8 @@ PLAIN_RELEASES = (
     "mn10_im_pytorch",
 )
 # Same network, other front end: hop in ms at 32 kHz, or the number of mel bands.
-HOP_RELEASES = {"mn10_as_hop_5": 160, "mn10_as_hop_15": 480, "mn10_as_hop_20": 640, "mn10_as_hop_25": 800}
+HOP_RELEASES = {"mn10_as_hop_5": 160, "mn10_as_hop_15": 480, "mn10_as_hop_20": 640,
+                "mn10_as_hop_25": 800}
 MEL_RELEASES = {"mn10_as_mels_40": 40, "mn10_as_mels_64": 64, "mn10_as_mels_256": 256}
 IGNORED_SUFFIX = ".num_batches_tracked"
 
@@ -72,13 +73,15 @@ class Entry(NamedTuple):
 def _conv_bn(torch_prefix: str, flax_path: tuple[str, ...], rule: TensorRule, shape) -> dict[str, Entry]:
     entries = {f"{torch_prefix}.0.weight": Entry(("params", *flax_path, "conv", "kernel"), rule, shape)}
     for torch_name, (collection, flax_name) in BN_RENAMES.items():
-        entries[f"{torch_prefix}.1.{torch_name}"] = Entry((collection, *flax_path, "bn", flax_name), COPY, (shape[0],))
+        path = (collection, *flax_path, "bn", flax_name)
+        entries[f"{torch_prefix}.1.{torch_name}"] = Entry(path, COPY, (shape[0],))
     return entries
 
 
 def _linear(torch_prefix: str, flax_path: tuple[str, ...], out_features: int, in_features: int):
     return {
-        f"{torch_prefix}.weight": Entry(("params", *flax_path, "kernel"), LINEAR_TO_DENSE, (out_features, in_features)),
+        f"{torch_prefix}.weight": Entry(("params", *flax_path, "kernel"), LINEAR_TO_DENSE,
+                                        (out_features, in_features)),
         f"{torch_prefix}.bias": Entry(("params", *flax_path, "bias"), COPY, (out_features,)),
     }
 

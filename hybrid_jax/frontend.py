@@ -1,4 +1,4 @@
-"""EfficientAT's log-mel front end (``AugmentMelSTFT``) in JAX: eval mode, plus jitter and SpecAugment."""
+"""EfficientAT's log-mel front end (``AugmentMelSTFT``) in JAX: eval, band jitter, SpecAugment."""
 from __future__ import annotations
 
 import dataclasses

@@ -75,12 +75,9 @@ class BlockPlan:
     @property
     def layers(self) -> tuple[str, ...]:
         # PyTorch numbers only the sub-layers that exist, so a missing expansion shifts the rest.
-        return (
-            (("expand",) if self.expanded != self.inp else ())
-            + ("depthwise",)
-            + (("se",) if self.spec.use_se else ())
-            + ("project",)
-        )
+        present = {"expand": self.expanded != self.inp, "depthwise": True, "se": self.spec.use_se,
+                   "project": True}
+        return tuple(name for name, exists in present.items() if exists)
 
     @property
     def residual(self) -> bool:
@@ -89,6 +86,8 @@ class BlockPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ChannelPlan:
+    """Rounded channels of the whole network at one width."""
+
     stem: int
     blocks: tuple[BlockPlan, ...]
     last_conv: int
@@ -105,9 +104,8 @@ def channel_plan(width_mult: float) -> ChannelPlan:
         squeeze = make_divisible(expanded // SE_REDUCTION) if spec.use_se else 0
         blocks.append(BlockPlan(spec, inp, expanded, out, squeeze))
         inp = out
-    return ChannelPlan(
-        stem, tuple(blocks), LAST_CONV_EXPANSION * inp, make_divisible(HEAD_HIDDEN * width_mult)
-    )
+    last_conv, head_hidden = LAST_CONV_EXPANSION * inp, make_divisible(HEAD_HIDDEN * width_mult)
+    return ChannelPlan(stem, tuple(blocks), last_conv, head_hidden)
 
 
 def resolve_depthwise(depthwise: str) -> str:
@@ -205,7 +203,7 @@ class ConvKernel(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias) -> BN -> optional activation on (B, T, F, C); in eval the BN folds into the kernel."""
+    """Conv (no bias) -> BN -> optional activation on (B, T, F, C); eval folds BN into the kernel."""
 
     kind: str  # "full", "depthwise" or "pointwise"
     in_features: int
@@ -322,7 +320,8 @@ class MobileNetV3(nn.Module):
         self.features = (
             [ConvBN("full", 1, plan.stem, 3, 2, "hardswish", **common)]
             + [InvertedResidual(block, **common) for block in plan.blocks]
-            + [ConvBN("pointwise", plan.blocks[-1].out, plan.last_conv, activation="hardswish", **common)]
+            + [ConvBN("pointwise", plan.blocks[-1].out, plan.last_conv, activation="hardswish",
+                      **common)]
         )
         if self.num_classes:
             dense = dict(kernel_init=nn.initializers.normal(0.01), precision=self.precision)
@@ -332,9 +331,8 @@ class MobileNetV3(nn.Module):
 
     def feature_maps(self, mel, *, train: bool):
         """mel [B, F, T] -> final feature map [B, T', F', C] (after ``features_16``)."""
-        # Activations are time-major, (B, T, F, C): rows of F*C values keep the shifted sums'
-        # working set in cache (~7-12% faster on CPU than (B, F, T, C)) and the sequence comes
-        # out time-major. Kernels keep PyTorch's (frequency, time) orientation; ConvBN swaps.
+        # Time-major (B, T, F, C): short F*C rows keep shifted sums in cache (7-12% faster on CPU
+        # than (B, F, T, C)). Kernels keep PyTorch's (frequency, time) order; ConvBN swaps them.
         x = jnp.asarray(mel, self.dtype).transpose(0, 2, 1)[..., None]
         for layer in self.features:
             x = layer(x, train=train)
@@ -359,10 +357,9 @@ class MobileNetV3(nn.Module):
 def random_variables(module: MobileNetV3, seed: int = 0) -> dict[str, Any]:
     """Random variables drawn with NumPy from the shapes of ``module.init``.
 
-    Unlike EfficientAT's fan-out init (tiny depthwise weights), He fan-in scales keep activations
-    at unit size through all blocks, so timings never hit denormals. Drawn without compiling
-    ``init``: XLA:CPU builds one RNG kernel per parameter, which takes minutes at mn40.
-    For benchmarks and tests; the model itself is always started from converted weights.
+    He fan-in scales (not EfficientAT's fan-out, which shrinks depthwise outputs) keep activations
+    away from denormals, so timings are honest. No ``init`` is compiled: XLA:CPU builds one RNG
+    kernel per parameter, which takes minutes at mn40. For benchmarks and tests only.
     """
     rng = np.random.default_rng(seed)
     mel = jax.ShapeDtypeStruct((1, 128, 32), jnp.float32)
@@ -389,11 +386,9 @@ def resolve_eval_chunk(eval_chunk: int | str) -> int:
 def apply_eval(module: MobileNetV3, variables, mel, eval_chunk: int | str = "auto"):
     """Eval-mode ``module.apply`` over the batch in chunks of ``eval_chunk`` examples (0: at once).
 
-    On CPU the early activations of a whole batch (65 MB per tensor for mn10 at batch 8, four
-    times that for mn40) fall out of cache between layers; a ``lax.map`` over single examples ran
-    the network ~1.5-1.8x faster. (Running only the early layers per example and the small late
-    ones on the whole batch made no measurable difference.) Eval only: train-mode BN needs
-    whole-batch statistics.
+    On CPU the early activations of a whole batch (65 MB per tensor for mn10 at batch 8, 4x that
+    for mn40) fall out of cache between layers; a ``lax.map`` over single examples ran the network
+    ~1.5-1.8x faster. Eval only: train-mode BN needs whole-batch statistics.
     """
     chunk = resolve_eval_chunk(eval_chunk)
     batch = mel.shape[0]

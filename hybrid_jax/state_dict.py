@@ -89,7 +89,8 @@ def _int_tuple(value, what: str) -> tuple[int, ...]:
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
     if not isinstance(storage, _StorageRef) or type(storage_offset) is not int:
-        raise CheckpointError(f"malformed tensor record (storage {storage!r}, offset {storage_offset!r})")
+        raise CheckpointError(
+            f"malformed tensor record (storage {storage!r}, offset {storage_offset!r})")
     size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
     if len(size) != len(stride):
         raise CheckpointError(f"tensor size {size} and stride {stride} differ in rank")
@@ -173,7 +174,8 @@ def _materialize(obj, storages: dict[str, np.ndarray], path, name=""):
             raise CheckpointError(f"{path}: storage {obj.storage.key!r} of {name!r} is missing")
         return _tensor_to_array(obj, storages[obj.storage.key], path, name)
     if isinstance(obj, dict):
-        return type(obj)((k, _materialize(v, storages, path, f"{name}.{k}".lstrip("."))) for k, v in obj.items())
+        return type(obj)((k, _materialize(v, storages, path, f"{name}.{k}".lstrip(".")))
+                         for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         return type(obj)(_materialize(v, storages, path, name) for v in obj)
     return obj
@@ -197,7 +199,8 @@ def _read_zip(path: pathlib.Path) -> Any:
                 raise CheckpointError(f"{path}: storage {member} is missing from the archive")
             raw = archive.read(member)
             stored = dtype.newbyteorder(">") if big_endian else dtype
-            storages[key] = np.frombuffer(raw, stored, len(raw) // dtype.itemsize).astype(dtype, copy=False)
+            array = np.frombuffer(raw, stored, len(raw) // dtype.itemsize)
+            storages[key] = array.astype(dtype, copy=False)
     return _materialize(obj, storages, path)
 
 
@@ -207,7 +210,8 @@ def _read_legacy(path: pathlib.Path) -> Any:
             return (unpickler or _RestrictedUnpickler(file, path)).load()
 
         if load() != LEGACY_MAGIC:
-            raise CheckpointError(f"{path}: neither safetensors, a torch zip archive nor a legacy torch file")
+            raise CheckpointError(
+                f"{path}: neither safetensors, a torch zip archive nor a legacy torch file")
         if load() != LEGACY_PROTOCOL:
             raise CheckpointError(f"{path}: unsupported legacy torch protocol version")
         sys_info = load()

@@ -58,12 +58,14 @@ def gemm_gflops() -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", type=float, nargs="+", default=[0.4, 1.0, 4.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "native"])
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--eval-chunk", default="auto", help='examples per network call: "auto", 0 = whole batch')
+    parser.add_argument("--eval-chunk", default="auto",
+                        help='examples per network call: "auto", 0 = whole batch')
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mel-only", action="store_true", help="time the front end alone")
@@ -88,7 +90,8 @@ def main(argv=None) -> None:
             rates = sorted(batch / s for s in seconds)
             label = "mel only" if args.mel_only else f"mel + width {width}"
             print(f"{label:>18} batch {batch:3d}: {statistics.median(rates):7.1f} clips/s "
-                  f"(min {rates[0]:.1f}, max {rates[-1]:.1f}; median {statistics.median(seconds) * 1e3:.0f} ms/batch)",
+                  f"(min {rates[0]:.1f}, max {rates[-1]:.1f}; "
+                  f"median {statistics.median(seconds) * 1e3:.0f} ms/batch)",
                   flush=True)
         if args.mel_only:
             break

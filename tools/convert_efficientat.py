@@ -1,7 +1,7 @@
 """Converts an EfficientAT mn* checkpoint (.pt or .safetensors) into a hybrid_jax weights directory.
 
-    .venv/bin/python tools/convert_efficientat.py mn40_as_ext_mAP_487.pt weights/mn40_as_ext --model mn40_as_ext
-    .venv/bin/python tools/convert_efficientat.py state_dict.safetensors weights/mn04        # width inferred
+    .venv/bin/python tools/convert_efficientat.py mn40_as_ext_mAP_487.pt weights/mn40 --model mn40_as_ext
+    .venv/bin/python tools/convert_efficientat.py state_dict.safetensors weights/mn04  # width inferred
 
 Without --model or --width the width is inferred from the tensor shapes; --model also sets the
 front end of the hop/mel variants (e.g. mn10_as_hop_5). Load the result with
@@ -20,7 +20,8 @@ from hybrid_jax.state_dict import CheckpointError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="PyTorch checkpoint (.pt/.pth/.bin) or .safetensors state dict")
     parser.add_argument("dst", help="output directory (variables.safetensors + config.json)")
     group = parser.add_mutually_exclusive_group()
