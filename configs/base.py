@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.synthetic_dir = "data/synthetic_clotho"  # where the synthetic raw files go (if synthetic)
     data.synthetic_seed = 0  # seed of the synthetic dataset
     data.synthetic_clips = {"development": 400, "validation": 64, "evaluation": 64}  # its size
+    data.synthetic_seconds = (5.0, 30.0)  # shortest and longest synthetic clip
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.peak_lr = 2e-5  # after the warm-up
@@ -76,7 +77,23 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.shape = (("data", -1), ("fsdp", 1))  # axis sizes; -1 fills with the remaining devices
-    mesh.rules = ()  # (regex on the parameter path, PartitionSpec axes) pairs; unmatched: replicated
+    # FSDP rules: (regex searched in the leaf path, PartitionSpec axes); the first match wins,
+    # unmatched leaves (biases, norms, BN statistics, scalars) are replicated, and an axis whose
+    # size does not divide a dimension falls back to replication there, so one rule set serves
+    # mn04..mn40 and MiniLM..bert-large. With fsdp=1 (the default) every rule is a no-op. The
+    # regexes are unanchored because the same rules shard Adam's mu/nu ("0/mu/bert/...").
+    mesh.rules = (
+        # SE Dense kernels [C, C/4] (mn40: up to 3840 x 960): the input width.
+        (r"conc_se_layers_\d+/fc\d/kernel$", ("fsdp", None)),
+        # HWIO conv kernels: output channels (every mn* width rounds channels to multiples of 8).
+        (r"mobilenet/.*/conv/kernel$", (None, None, None, "fsdp")),
+        # BERT tables [V, H]: the hidden width (vocab 30522 = 2 * 15261 splits only in two).
+        (r"embeddings/\w+_embeddings/embedding$", (None, "fsdp")),
+        # Pooling attention output [heads, head_dim, D]: D.
+        (r"pool/layer_\d+/attn/out/kernel$", (None, None, "fsdp")),
+        # Every other Dense kernel [in, out] or [in, heads, head_dim] (BERT, pooling, projections).
+        (r"/kernel$", ("fsdp",)),
+    )
 
     config.eval = ev = ml_collections.ConfigDict()
     ev.batch_size = 32  # items / queries per embedding batch

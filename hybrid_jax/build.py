@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from typing import Any
 
@@ -40,7 +41,8 @@ def text_checkpoint_dir(path: str) -> pathlib.Path:
         return _require_dir(path, "text (config.model.text.checkpoint)")
     from hybrid_jax import convert_bert
 
-    cache = pathlib.Path.home() / ".cache" / "hybrid_jax" / "minilm"
+    cache_root = os.environ.get("HYBRID_JAX_CACHE") or pathlib.Path.home() / ".cache" / "hybrid_jax"
+    cache = pathlib.Path(cache_root) / "minilm"
     if not (cache / "variables.safetensors").is_file():
         convert_bert.convert_checkpoint(text.minilm_package_dir(), cache)
     return cache

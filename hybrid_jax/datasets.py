@@ -34,7 +34,12 @@ def ensure_synthetic(data_config: ConfigDict) -> None:
     source = pathlib.Path(data_config.synthetic_dir)
     if not source.is_dir():
         logging.info("generating the synthetic dataset into %s", source)
-        synthetic.generate(source, seed=data_config.synthetic_seed, clips_per_split=dict(data_config.synthetic_clips))
+        synthetic.generate(
+            source,
+            seed=data_config.synthetic_seed,
+            clips_per_split=dict(data_config.synthetic_clips),
+            clip_seconds=tuple(data_config.synthetic_seconds),
+        )
     if not preparation.is_prepared(data_config.name, data_config.data_dir):
         preparation.prepare(data_config.name, source, data_config.data_dir)
 
@@ -68,11 +73,18 @@ def open_datasets(config: ConfigDict, tokenize: Callable) -> Datasets:
         seed=config.train.seed,
         worker_count=d.worker_count,
     )
+    eval_name, val = open_eval_split(config, tokenize, d.val_split)
+    _, test = open_eval_split(config, tokenize, d.test_split)
+    return Datasets(loader, val, test, eval_name, eval_name, d.test_split)
+
+
+def open_eval_split(config: ConfigDict, tokenize: Callable, split: str) -> tuple[str, EvalData]:
+    """(dataset name, EvalData) of ``split`` of the evaluation dataset (data.eval_name or data.name)."""
+    d = config.data
     eval_name = d.eval_name or d.name
-    eval_metadata = metadata
+    metadata = loader_metadata(d.metadata)
     if metadata == "labels" and eval_name != d.name:
-        eval_metadata = "keywords"
-    open_eval = lambda split: eval_data.eval_data(  # noqa: E731
-        _split(eval_name, d.data_dir, split, False), tokenize, clip_seconds=d.clip_seconds, metadata=eval_metadata
+        metadata = "keywords"  # e.g. trained with AudioSet labels, tested on Clotho keywords
+    return eval_name, eval_data.eval_data(
+        _split(eval_name, d.data_dir, split, False), tokenize, clip_seconds=d.clip_seconds, metadata=metadata
     )
-    return Datasets(loader, open_eval(d.val_split), open_eval(d.test_split), eval_name, eval_name, d.test_split)

@@ -101,3 +101,71 @@ def write_results(workdir: pathlib.Path, split: str, results: dict) -> pathlib.P
     path = pathlib.Path(workdir) / f"results_{split}.json"
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def example_batch(data: EvalData, batch_size: int) -> dict[str, np.ndarray]:
+    """One batch with both item and query fields (to initialise the model's shapes)."""
+    items = next(data.clip_batches(batch_size))
+    queries = next(data.query_batches(batch_size))
+    return {**{k: items[k] for k in MODEL_KEYS_ITEMS}, **{k: queries[k] for k in MODEL_KEYS_QUERIES},
+            "item_id": np.maximum(items["item_id"], 0)}
+
+
+def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: str | None = None,
+        missing_metadata: float | None = None) -> dict:
+    """Restores a checkpoint of ``workdir`` and evaluates it on ``split`` (default: the config's
+    test split); writes ``results_<split>.json`` and the DCASE CSV ``submission_<split>.csv``."""
+    from hybrid_jax import build, optim, steps, train  # the CLI path only
+    from hybrid_jax.checkpointing import Checkpoints, abstract, restore_from_path
+    from hybrid_jax.datasets import open_eval_split
+
+    workdir = pathlib.Path(workdir)
+    split = split or config.data.test_split
+    missing = config.eval.missing_metadata if missing_metadata is None else missing_metadata
+    mesh = sharding.make_mesh(config.mesh.shape)
+    built = build.build(config.model)
+    name, data = open_eval_split(config, built.tokenizer.tokenize, split)
+    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1)
+    state, state_shardings = train.init_state(built, tx, example_batch(data, config.eval.batch_size), config, mesh)
+    if checkpoint in ("best", "latest"):
+        checkpoints = Checkpoints(workdir)
+        state, _ = checkpoints.restore(checkpoint, abstract(state))
+        checkpoints.close()
+    else:
+        state, _ = restore_from_path(checkpoint, abstract(state))
+    shardings = {"params": state_shardings.params, "batch_stats": state_shardings.batch_stats}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    result, similarity = evaluate_split(
+        steps.jit_embed(built.model, "embed_items", shardings, mesh),
+        steps.jit_embed(built.model, "embed_queries", shardings, mesh),
+        variables, data, batch_size=config.eval.batch_size, mesh=mesh, missing_metadata=missing,
+        seed=config.train.seed, return_similarity=True,
+    )
+    result = {**result, "checkpoint": checkpoint, "split": split, "dataset": name, "missing_metadata": missing,
+              "num_queries": data.num_queries, "num_items": data.num_clips}
+    if jax.process_index() == 0:
+        write_results(workdir, split, result)
+        write_submission(workdir / f"submission_{split}.csv", data.captions, data.file_names, similarity)
+    return result
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    result = run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.missing_metadata)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    flags.DEFINE_string("workdir", None, "The training run's directory.")
+    flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint step directory.")
+    flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
+    flags.DEFINE_float("missing_metadata", None, "Remove the metadata of this fraction of items.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
