@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import convert_efficientat, mobilenet
+from hybrid_jax import audio_encoder, convert_efficientat, mobilenet
 from hybrid_jax.state_dict import read_state_dict
 
 # From EfficientAT's width table: prefix -> (width, stem, "in/expanded/out" of the 15 blocks,
@@ -167,19 +167,34 @@ def test_train_mode_updates_batch_stats_and_uses_dropout():
 def test_chunked_eval_pads_and_cuts_the_batch():
     import flax.linen as nn
 
-    class PerExample(nn.Module):  # stands in for the network: any per-example eval module
-        @nn.compact
+    class PerExample(nn.Module):  # the network's eval interface, in miniature
+        num_classes: int = 3
+
+        def setup(self):
+            self.conv, self.head = nn.Dense(4), nn.Dense(self.num_classes)
+
+        def feature_maps(self, mel, *, train):
+            return self.conv(mel.transpose(0, 2, 1))[:, :, None, :]  # [B, T, 1, C]
+
+        def pool(self, x):
+            return {"features": x.mean(axis=(1, 2)), "sequence": x.mean(axis=2)}
+
+        def classify(self, features, *, train):
+            return self.head(features)
+
         def __call__(self, mel, *, train):
-            return {"features": nn.Dense(4)(mel.mean(axis=2)), "sequence": mel[:, :2].transpose(0, 2, 1)}
+            out = self.pool(self.feature_maps(mel, train=train))
+            return out | {"logits": self.classify(out["features"], train=train)}
 
     module = PerExample()
     mel = jnp.asarray(np.random.default_rng(3).normal(size=(5, 6, 7)), jnp.float32)
     variables = module.init(jax.random.key(0), mel, train=False)
-    whole = mobilenet.apply_eval(module, variables, mel, eval_chunk=0)
-    chunked = jax.jit(lambda v, m: mobilenet.apply_eval(module, v, m, eval_chunk=2))(variables, mel)
+    whole = audio_encoder.apply_eval(module, variables, mel, eval_chunk=0)
+    chunked = jax.jit(lambda v, m: audio_encoder.apply_eval(module, v, m, eval_chunk=2))(variables, mel)
+    assert set(chunked) == {"features", "sequence", "logits"}
     for name in whole:  # 5 examples in chunks of 2: padded to 6, then cut back
         np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6, atol=1e-6)
-    assert mobilenet.resolve_eval_chunk("auto") == (1 if jax.default_backend() == "cpu" else 0)
+    assert audio_encoder.resolve_eval_chunk("auto") == (1 if jax.default_backend() == "cpu" else 0)
 
 
 def test_bfloat16_compute_keeps_float32_parameters(fixture_model):

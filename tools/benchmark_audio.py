@@ -77,7 +77,7 @@ def main(argv=None) -> None:
                  "OMP_NUM_THREADS"):
         print(f"  {name}={os.environ.get(name, '(unset)')}")
     print(f"depthwise={mobilenet.resolve_depthwise(args.depthwise)} dtype={args.dtype} "
-          f"eval_chunk={mobilenet.resolve_eval_chunk(args.eval_chunk)} "
+          f"eval_chunk={audio_encoder.resolve_eval_chunk(args.eval_chunk)} "
           f"clip={args.seconds} s repeats={args.repeats} load_average={os.getloadavg()[0]:.2f} "
           f"gemm={gemm_gflops():.0f} GFLOP/s")
     rng = np.random.default_rng(0)
