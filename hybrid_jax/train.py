@@ -17,7 +17,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from hybrid_jax import build, evaluate, optim, sharding, steps
+from hybrid_jax import build, distributed, evaluate, optim, sharding, steps
 from hybrid_jax.checkpointing import Checkpoints, abstract
 from hybrid_jax.datasets import open_datasets
 from hybrid_jax.logs import MetricsLog
@@ -147,10 +147,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, results); reused to resume.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 ('auto': JAX detects).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (default: env / cluster).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (default: env / cluster).")
 
 
 def main(argv):
     del argv
+    # First, before any JAX computation; env vars and cluster detection: hybrid_jax/distributed.py.
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = FLAGS.config
     workdir = FLAGS.workdir or config.get("workdir") or "workdirs/run"
     train_and_evaluate(config, workdir)
