@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_jax import batchnorm
+from hybrid_jax import depthwise as depthwise_conv
+
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # Flax convention; PyTorch's momentum 0.01
 HEAD_HIDDEN = 1280
@@ -121,7 +124,8 @@ def spatial_conv(x, kernel, stride: int, depthwise: bool, impl: str, precision=N
     """k x k conv, NHWC x [k, k, I, O] with PyTorch's symmetric (k - 1) // 2 padding (never SAME).
 
     ``impl="shifted"`` writes it as a sum of k*k strided slices times per-channel weights, which
-    XLA fuses into one loop; it covers depthwise kernels and single-input-channel ones (the stem).
+    XLA fuses into one loop, with a hand-written backward (``depthwise.shifted_conv``); it covers
+    depthwise kernels and single-input-channel ones (the stem).
     """
     k = kernel.shape[0]
     pad = (k - 1) // 2
@@ -132,20 +136,7 @@ def spatial_conv(x, kernel, stride: int, depthwise: bool, impl: str, precision=N
             feature_group_count=x.shape[-1] if depthwise else 1,
             precision=precision,
         )
-    batch, height, width, _ = x.shape
-    out_h = (height + 2 * pad - k) // stride + 1
-    out_w = (width + 2 * pad - k) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    total = None
-    for i in range(k):
-        for j in range(k):
-            tap = jax.lax.slice(
-                xp, (0, i, j, 0),
-                (batch, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3]),
-                (1, stride, stride, 1),
-            ) * kernel[i, j, 0]
-            total = tap if total is None else total + tap
-    return total
+    return depthwise_conv.shifted_conv(x, kernel, stride)
 
 
 def pointwise_conv(x, kernel, gate=None, precision=None):
@@ -181,18 +172,16 @@ class BatchNorm(nn.Module):
 
     def __call__(self, y, *, train: bool):
         if train:
-            y32 = y.astype(jnp.float32)
-            mean = y32.mean(axis=(0, 1, 2))
-            var = jnp.square(y32 - mean).mean(axis=(0, 1, 2))
+            # One-pass float32 statistics and a hand-written backward (batchnorm.py).
+            out, mean, var = batchnorm.batch_norm_train(y, self.scale, self.bias, BN_EPSILON)
             if not self.is_initializing():
+                mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
                 count = y.size // y.shape[-1]
                 unbiased = var * count / max(count - 1, 1)  # PyTorch tracks the unbiased variance
                 self.mean.value = BN_MOMENTUM * self.mean.value + (1 - BN_MOMENTUM) * mean
                 self.var.value = BN_MOMENTUM * self.var.value + (1 - BN_MOMENTUM) * unbiased
-            multiplier = self.scale * jax.lax.rsqrt(var + BN_EPSILON)
-            shift = self.bias - mean * multiplier
-        else:
-            multiplier, shift = self.fold()
+            return out
+        multiplier, shift = self.fold()
         return y * multiplier.astype(y.dtype) + shift.astype(y.dtype)
 
 

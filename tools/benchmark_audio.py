@@ -4,7 +4,9 @@
         .venv/bin/python tools/benchmark_audio.py --widths 1.0 4.0 --batches 8
 
 Times the public path, ``AudioEncoder.embed`` (NumPy in, NumPy out), with random weights
-(speed does not depend on them). Prints the settings that change the numbers
+(speed does not depend on them). ``--train`` times a training step of the audio tower instead:
+log-mel (train mode: jitter + masks) + MobileNetV3 forward and backward with batch-norm batch
+statistics (``jax.grad`` of a loss on the embeddings, updated ``batch_stats``), in 10 s clips/s. Prints the settings that change the numbers
 (backend, threads, allocator variables); run it on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hybrid_jax import audio_encoder, mobilenet  # noqa: E402
+from hybrid_jax import audio_encoder, frontend, mobilenet  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -33,6 +35,23 @@ def build(width_mult: float, depthwise: str, dtype, eval_chunk: str, mel_only: b
     if mel_only:
         return None, lambda _, waveform: encoder.log_mel(waveform)
     return encoder.variables, lambda _, waveform: encoder.embed(waveform)
+
+
+def build_train(width_mult: float, depthwise: str, dtype):
+    """A jitted mel + CNN forward/backward in train mode -> (variables, fn(variables, waveform))."""
+    module = mobilenet.MobileNetV3(width_mult, num_classes=0, depthwise=depthwise, dtype=dtype)
+    variables = mobilenet.random_variables(module)
+    mel_config = frontend.MelConfig()
+
+    def loss(params, batch_stats, waveform, key):
+        mel = frontend.log_mel(waveform, mel_config, rng=key)
+        out, updates = module.apply({"params": params, "batch_stats": batch_stats}, mel,
+                                    train=True, mutable=["batch_stats"])
+        return jnp.mean(jnp.square(out["features"])), updates["batch_stats"]
+
+    grad = jax.jit(jax.grad(loss, has_aux=True))
+    key = jax.random.key(0)
+    return variables, lambda v, waveform: grad(v["params"], v["batch_stats"], waveform, key)
 
 
 def measure(forward, variables, waveform, repeats: int) -> list[float]:
@@ -69,6 +88,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mel-only", action="store_true", help="time the front end alone")
+    parser.add_argument("--train", action="store_true",
+                        help="time mel + CNN forward+backward in train mode (BN batch statistics)")
     args = parser.parse_args(argv)
 
     print(f"backend={jax.default_backend()} devices={jax.devices()} cpu_count={os.cpu_count()} "
@@ -83,12 +104,17 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     for width in args.widths:
         eval_chunk = args.eval_chunk if args.eval_chunk == "auto" else int(args.eval_chunk)
-        variables, forward = build(width, args.depthwise, DTYPES[args.dtype], eval_chunk, args.mel_only)
+        if args.train:
+            variables, forward = build_train(width, args.depthwise, DTYPES[args.dtype])
+        else:
+            variables, forward = build(width, args.depthwise, DTYPES[args.dtype], eval_chunk,
+                                       args.mel_only)
         for batch in args.batches:
             waveform = rng.uniform(-0.5, 0.5, (batch, int(args.seconds * 32000))).astype(np.float32)
             seconds = measure(forward, variables, waveform, args.repeats)
             rates = sorted(batch / s for s in seconds)
             label = "mel only" if args.mel_only else f"mel + width {width}"
+            label += " train" if args.train else ""
             print(f"{label:>18} batch {batch:3d}: {statistics.median(rates):7.1f} clips/s "
                   f"(min {rates[0]:.1f}, max {rates[-1]:.1f}; "
                   f"median {statistics.median(seconds) * 1e3:.0f} ms/batch)",

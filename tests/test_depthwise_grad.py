@@ -1,0 +1,66 @@
+"""The hand-written backward passes (depthwise.shifted_conv, batchnorm.batch_norm_train) equal
+autodiff of the same forward and the native grouped convolution."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybrid_jax import batchnorm, depthwise
+
+
+def native(x, kernel, stride):
+    pad = (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+        precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("kernel_size,stride,height,width,channels", [
+    (3, 1, 9, 12, 6), (3, 2, 10, 13, 6), (3, 2, 9, 9, 6), (5, 1, 6, 5, 6), (5, 2, 7, 8, 6),
+    (5, 2, 8, 11, 6), (3, 2, 10, 13, 1),  # last: the stem's single input channel
+])
+def test_shifted_conv_gradients_equal_autodiff_and_native(kernel_size, stride, height, width,
+                                                          channels):
+    rng = np.random.default_rng(kernel_size * 10 + stride + height)
+    x = jnp.asarray(rng.normal(size=(2, height, width, channels)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 1, 6)), jnp.float32)
+    out = depthwise.shifted_conv(x, kernel, stride)
+    assert out.shape == (2, -(-height // stride), -(-width // stride), 6)
+    g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+
+    @jax.jit
+    def grads(x, kernel, g):
+        fns = [depthwise.shifted_conv, depthwise.shifted_conv_autodiff]
+        if channels > 1:
+            fns.append(native)
+        return [jax.vjp(lambda x, k, f=f: f(x, k, stride), x, kernel)[1](g) for f in fns]
+
+    custom, *references = grads(x, kernel, g)
+    for reference in references:
+        np.testing.assert_allclose(custom[0], reference[0], atol=1e-5)
+        np.testing.assert_allclose(custom[1], reference[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("mean", [0.0, 2.0])
+def test_batch_norm_train_gradients_equal_autodiff(mean):
+    rng = np.random.default_rng(3)
+    y = jnp.asarray(rng.normal(mean, 3.0, size=(2, 5, 7, 4)), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, size=4), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=4), jnp.float32)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    g_mean, g_var = (jnp.asarray(rng.normal(size=4), jnp.float32) for _ in range(2))
+
+    @jax.jit
+    def both(y, scale, bias):
+        results = []
+        for fn in (batchnorm.batch_norm_train, batchnorm.batch_norm_train_autodiff):
+            outs, vjp = jax.vjp(lambda *a, fn=fn: fn(*a, 1e-3), y, scale, bias)
+            results.append((outs, vjp((g, g_mean, g_var))))
+        return results
+
+    (custom_out, custom_grads), (auto_out, auto_grads) = both(y, scale, bias)
+    for a, b in zip(custom_out, auto_out):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(custom_grads, auto_grads):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
