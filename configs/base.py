@@ -13,11 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
     model.audio = audio = ml_collections.ConfigDict()
     audio.checkpoint = "pretrained/mn40_as_ext"  # dir from tools/convert_efficientat.py; None = random init
     audio.width_mult = 4.0  # MobileNetV3 width, used only when checkpoint is None
+    audio.n_mels = 128  # mel bands, used only when checkpoint is None (a checkpoint brings its own)
     audio.window_seconds = 10.0  # the CNN sees 10 s windows (hop 10 s); tokens are concatenated
     audio.depthwise = "auto"  # depthwise conv: "auto" (shifted-sum on CPU, native on GPU/TPU), "shifted", "native"
     audio.freq_mask_bins = 48  # SpecAugment: max width of the one frequency mask (of 128 mel bins)
     audio.time_mask_frames = 192  # SpecAugment: max width of the one time mask per 10 s window
     audio.jitter_band_edges = True  # training-time random fmin/fmax of the mel bank (EfficientAT)
+    audio.remat = False  # recompute the CNN's BN/activations in the backward pass (keeps conv outputs)
     model.text = text = ml_collections.ConfigDict()
     text.checkpoint = "pretrained/bert-base-uncased"  # dir from tools/convert_bert.py, or "minilm" (packaged)
     text.dropout = 0.2  # hidden and attention dropout of BERT (recipe value; overrides config.json)
@@ -37,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     fusion.embed_dim = 1024  # retrieval space width
     model.temperature = 0.05  # NT-Xent tau (initial value when learned)
     model.learn_temperature = False  # learn tau (older authors' code: True with init 0.02)
+    model.loss = "nt_xent"  # "nt_xent" (tau above) or "siglip" (sigmoid; learned scale/bias, init 10/-10)
 
     config.data = data = ml_collections.ConfigDict()
     data.name = "clotho"  # prepared dataset: "clotho", "audiocaps", "wavcaps_freesound"
@@ -74,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     train.seed = 0  # parameter init, augmentation and data order
     train.log_every_steps = 10  # metrics.jsonl / TensorBoard cadence
     train.checkpoint_every_steps = 0  # extra "latest" checkpoints (0 = at each epoch end only)
+    train.microbatch_size = 0  # pairs per sub-batch (global); 0 = the whole batch in one pass
+    train.accumulation = "gradcache"  # sub-batches: "gradcache" (exact full-batch loss) or "naive" (loss per sub-batch)
+    train.loss_impl = "plain"  # "plain" (global logits) or "ring" (ppermute ring, no B x B on a device; mid: plain)
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.shape = (("data", -1), ("fsdp", 1))  # axis sizes; -1 fills with the remaining devices
@@ -85,8 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
     mesh.rules = (
         # SE Dense kernels [C, C/4] (mn40: up to 3840 x 960): the input width.
         (r"conc_se_layers_\d+/fc\d/kernel$", ("fsdp", None)),
-        # HWIO conv kernels: output channels (every mn* width rounds channels to multiples of 8).
-        (r"mobilenet/.*/conv/kernel$", (None, None, None, "fsdp")),
+        # HWIO conv kernels: input channels (multiples of 8 at every mn* width). Depthwise (and
+        # stem) kernels [k, k, 1, C] thus stay replicated: they are small, and a channel-split
+        # grouped-conv gradient makes XLA's SPMD partitioner replicate it involuntarily.
+        (r"mobilenet/.*/conv/kernel$", (None, None, "fsdp", None)),
         # BERT tables [V, H]: the hidden width (vocab 30522 = 2 * 15261 splits only in two).
         (r"embeddings/\w+_embeddings/embedding$", (None, "fsdp")),
         # Pooling attention output [heads, head_dim, D]: D.

@@ -62,6 +62,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
     """Reads the converted towers named in ``config.model`` and constructs ``RetrievalModel``."""
     audio_cfg, text_cfg = model_config.audio, model_config.text
     mel = frontend.MelConfig(
+        n_mels=audio_cfg.n_mels,
         freq_mask_bins=audio_cfg.freq_mask_bins,
         time_mask_frames=audio_cfg.time_mask_frames,
         fmin_aug_range=10 if audio_cfg.jitter_band_edges else 1,
@@ -90,6 +91,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
             window_seconds=audio_cfg.window_seconds,
             mel=mel,
             depthwise=audio_cfg.depthwise,
+            remat=audio_cfg.remat,
         ),
         text=text_encoder.config,
         pooling=PoolingSettings(**model_config.pooling.to_dict()),
@@ -100,6 +102,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
         text_remat=text_cfg.remat,
         learn_temperature=model_config.learn_temperature,
         initial_temperature=model_config.temperature,
+        loss=model_config.loss,
         dtype=compute_dtype(model_config.dtype),
     )
     return Built(model, text_encoder.tokenizer, audio_variables, text_encoder.variables)

@@ -111,22 +111,16 @@ def example_batch(data: EvalData, batch_size: int) -> dict[str, np.ndarray]:
             "item_id": np.maximum(items["item_id"], 0)}
 
 
-def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: str | None = None,
-        missing_metadata: float | None = None) -> dict:
-    """Restores a checkpoint of ``workdir`` and evaluates it on ``split`` (default: the config's
-    test split); writes ``results_<split>.json`` and the DCASE CSV ``submission_<split>.csv``."""
-    from hybrid_jax import build, optim, steps, train  # the CLI path only
+def load_trained(config, workdir: str | pathlib.Path, checkpoint: str, example: dict[str, np.ndarray], built=None):
+    """Restores ``checkpoint`` ("best", "latest" or a step directory) of ``workdir`` into the model
+    of ``config`` (``built`` if already built) -> (variables, embed_items, embed_queries, mesh)."""
+    from hybrid_jax import build, optim, steps, train  # heavy imports only on the CLI paths
     from hybrid_jax.checkpointing import Checkpoints, abstract, restore_from_path
-    from hybrid_jax.datasets import open_eval_split
 
-    workdir = pathlib.Path(workdir)
-    split = split or config.data.test_split
-    missing = config.eval.missing_metadata if missing_metadata is None else missing_metadata
     mesh = sharding.make_mesh(config.mesh.shape)
-    built = build.build(config.model)
-    name, data = open_eval_split(config, built.tokenizer.tokenize, split)
+    built = built or build.build(config.model)
     tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1)
-    state, state_shardings = train.init_state(built, tx, example_batch(data, config.eval.batch_size), config, mesh)
+    state, state_shardings = train.init_state(built, tx, example, config, mesh)
     if checkpoint in ("best", "latest"):
         checkpoints = Checkpoints(workdir)
         state, _ = checkpoints.restore(checkpoint, abstract(state))
@@ -135,11 +129,29 @@ def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: st
         state, _ = restore_from_path(checkpoint, abstract(state))
     shardings = {"params": state_shardings.params, "batch_stats": state_shardings.batch_stats}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    embed_items = steps.jit_embed(built.model, "embed_items", shardings, mesh)
+    embed_queries = steps.jit_embed(built.model, "embed_queries", shardings, mesh)
+    return variables, embed_items, embed_queries, mesh
+
+
+def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: str | None = None,
+        missing_metadata: float | None = None) -> dict:
+    """Restores a checkpoint of ``workdir`` and evaluates it on ``split`` (default: the config's
+    test split); writes ``results_<split>.json`` and the DCASE CSV ``submission_<split>.csv``."""
+    from hybrid_jax import build
+    from hybrid_jax.datasets import open_eval_split
+
+    workdir = pathlib.Path(workdir)
+    split = split or config.data.test_split
+    missing = config.eval.missing_metadata if missing_metadata is None else missing_metadata
+    built = build.build(config.model)
+    name, data = open_eval_split(config, built.tokenizer.tokenize, split)
+    variables, embed_items, embed_queries, mesh = load_trained(
+        config, workdir, checkpoint, example_batch(data, config.eval.batch_size), built
+    )
     result, similarity = evaluate_split(
-        steps.jit_embed(built.model, "embed_items", shardings, mesh),
-        steps.jit_embed(built.model, "embed_queries", shardings, mesh),
-        variables, data, batch_size=config.eval.batch_size, mesh=mesh, missing_metadata=missing,
-        seed=config.train.seed, return_similarity=True,
+        embed_items, embed_queries, variables, data, batch_size=config.eval.batch_size, mesh=mesh,
+        missing_metadata=missing, seed=config.train.seed, return_similarity=True,
     )
     result = {**result, "checkpoint": checkpoint, "split": split, "dataset": name, "missing_metadata": missing,
               "num_queries": data.num_queries, "num_items": data.num_clips}

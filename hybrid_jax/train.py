@@ -31,7 +31,10 @@ def init_state(built: build.Built, tx, example_batch: dict, config: ConfigDict, 
     """Initialises the state directly into its shardings (shapes first, via eval_shape), then
     grafts the converted pretrained towers in. Returns (state, state_shardings)."""
     model, seed = built.model, config.train.seed
-    rngs = {name: jax.random.PRNGKey(seed + i) for i, name in enumerate(("params", "dropout", "augment"))}
+    # rbg keys for the initialisers: threefry compiles one large kernel per parameter on XLA:CPU
+    # (minutes for the whole model); rbg compiles in seconds. The values are drawn replicated and
+    # only then resharded, so they do not depend on the mesh.
+    rngs = {name: jax.random.key(seed + i, impl="rbg") for i, name in enumerate(("params", "dropout", "augment"))}
 
     def init_variables():
         variables = model.init(rngs, example_batch, train=False)
@@ -39,8 +42,8 @@ def init_state(built: build.Built, tx, example_batch: dict, config: ConfigDict, 
 
     rules = [tuple(rule) for rule in config.mesh.rules]
     var_shardings = sharding.param_shardings(jax.eval_shape(init_variables), mesh, rules)
-    variables = jax.jit(init_variables, out_shardings=var_shardings)()
-    variables = build.load_pretrained(built, variables)
+    replicated_init = jax.jit(init_variables, out_shardings=sharding.param_shardings(0, mesh, []))()
+    variables = build.load_pretrained(built, jax.device_put(replicated_init, var_shardings))
     opt_shardings = sharding.param_shardings(jax.eval_shape(tx.init, variables["params"]), mesh, rules)
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(variables["params"])
     replicated = sharding.param_shardings(0, mesh, [])
@@ -73,7 +76,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
         total_steps = min(total_steps, config.train.max_steps)
     tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch)
     state, state_shardings = init_state(built, tx, loader.batch(0), config, mesh)
-    train_step = steps.jit_train_step(steps.make_train_step(built.model, tx, schedule), state_shardings, mesh)
+    train_step = steps.jit_train_step(steps.make_train_step(
+        built.model, tx, schedule, microbatch_size=config.train.microbatch_size,
+        accumulation=config.train.accumulation, loss_impl=config.train.loss_impl, mesh=mesh), state_shardings, mesh)
     variable_shardings = {"params": state_shardings.params, "batch_stats": state_shardings.batch_stats}
     embed_items = steps.jit_embed(built.model, "embed_items", variable_shardings, mesh)
     embed_queries = steps.jit_embed(built.model, "embed_queries", variable_shardings, mesh)

@@ -86,3 +86,26 @@ def test_evaluate_writes_results_and_dcase_submission(data_root, tmp_path):
     assert rows[0] == ["caption"] + [f"file_name_{i}" for i in range(1, 11)]
     assert len(rows) == 21
     assert all(len(r) == 1 + 4 for r in rows[1:])  # only 4 items exist: the top-4 are listed
+
+
+def test_search_indexes_a_folder_and_answers_queries(data_root, tmp_path):
+    from hybrid_jax import search
+
+    config = tiny_config(data_root, **{"train.max_steps": 1})
+    train.train_and_evaluate(config, tmp_path)
+    folder = data_root / "raw" / "evaluation"
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    for wav in sorted(folder.glob("*.wav"))[:3]:
+        (collection / wav.name).write_bytes(wav.read_bytes())
+    (collection / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
+    first = sorted(folder.glob("*.wav"))[0].name
+    (tmp_path / "tags.csv").write_text(f'file_name,keywords\n"{first}",dog;bark;field-recording\n')
+    summary = search.build_index(config, tmp_path, collection, tmp_path / "tags.csv", tmp_path / "index.npz", "latest")
+    assert summary["indexed"] == 3 and summary["with_metadata"] == 1
+    assert [f for f, _ in summary["skipped"]] == [str(collection / "broken.wav")]
+    hits = search.query_index(config, tmp_path, tmp_path / "index.npz", ["a dog barks", "rain falls"], 2, "latest")
+    assert len(hits) == 2 and all(len(h) == 2 for h in hits)
+    assert {name for h in hits for name, _ in h} <= {w.name for w in collection.glob("*.wav")}
+    assert hits[0][0][1] >= hits[0][1][1]  # best first
