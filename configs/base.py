@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     audio.n_mels = 128  # mel bands, used only when checkpoint is None (a checkpoint brings its own)
     audio.window_seconds = 10.0  # the CNN sees 10 s windows (hop 10 s); tokens are concatenated
     audio.depthwise = "auto"  # depthwise conv: "auto" (shifted-sum on CPU, native on GPU/TPU), "shifted", "native"
+    audio.bn_momentum = 0.99  # BN running-average decay (Flax convention; EfficientAT's PyTorch momentum 0.01)
     audio.freq_mask_bins = 48  # SpecAugment: max width of the one frequency mask (of 128 mel bins)
     audio.time_mask_frames = 192  # SpecAugment: max width of the one time mask per 10 s window
     audio.jitter_band_edges = True  # training-time random fmin/fmax of the mel bank (EfficientAT)

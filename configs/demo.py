@@ -18,6 +18,8 @@ def get_config():
     config.model.audio.width_mult = 0.2  # mn02: ~0.3 M parameters, fast on a CPU
     config.model.audio.window_seconds = 5.0  # one window covers a whole (short) demo clip
     config.model.audio.n_mels = 64  # half the CNN cost (EfficientAT's mels_64 variant); F' = 2
+    config.model.audio.bn_momentum = 0.9  # a from-scratch CNN trained for 150 steps: let BN's
+    # running statistics follow the fast-changing weights, or eval-mode BN lags behind training
     config.model.audio.freq_mask_bins = 12  # lighter SpecAugment for a small model and few epochs
     config.model.audio.time_mask_frames = 50  # per 5 s window
     config.model.text.checkpoint = "minilm"  # the packaged all-MiniLM-L6-v2 (converted on first use)

@@ -91,6 +91,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
             window_seconds=audio_cfg.window_seconds,
             mel=mel,
             depthwise=audio_cfg.depthwise,
+            bn_momentum=audio_cfg.bn_momentum,
             remat=audio_cfg.remat,
         ),
         text=text_encoder.config,

@@ -157,6 +157,7 @@ class BatchNorm(nn.Module):
     """BatchNorm with PyTorch's semantics (eps 1e-3, unbiased running variance) that can fold."""
 
     features: int
+    momentum: float = BN_MOMENTUM  # running-average decay (Flax convention: 1 - PyTorch momentum)
 
     def setup(self):
         self.scale = self.param("scale", nn.initializers.ones, (self.features,))
@@ -177,8 +178,8 @@ class BatchNorm(nn.Module):
             if not self.is_initializing():
                 count = y.size // y.shape[-1]
                 unbiased = var * count / max(count - 1, 1)  # PyTorch tracks the unbiased variance
-                self.mean.value = BN_MOMENTUM * self.mean.value + (1 - BN_MOMENTUM) * mean
-                self.var.value = BN_MOMENTUM * self.var.value + (1 - BN_MOMENTUM) * unbiased
+                self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
+                self.var.value = self.momentum * self.var.value + (1 - self.momentum) * unbiased
             multiplier = self.scale * jax.lax.rsqrt(var + BN_EPSILON)
             shift = self.bias - mean * multiplier
         else:
@@ -209,6 +210,7 @@ class ConvBN(nn.Module):
     activation: Optional[str] = None
     depthwise: str = "auto"
     fold_bn: bool = True
+    bn_momentum: float = BN_MOMENTUM
     dtype: Any = jnp.float32
     precision: Any = None
 
@@ -217,7 +219,7 @@ class ConvBN(nn.Module):
         k = self.kernel_size
         in_per_group = 1 if self.kind == "depthwise" else self.in_features
         kernel = ConvKernel((k, k, in_per_group, self.out_features), name="conv")()
-        bn = BatchNorm(self.out_features, name="bn")
+        bn = BatchNorm(self.out_features, self.bn_momentum, name="bn")
         fold = self.fold_bn and not train
         shift = None
         if fold:
@@ -267,14 +269,15 @@ class InvertedResidual(nn.Module):
     plan: BlockPlan
     depthwise: str = "auto"
     fold_bn: bool = True
+    bn_momentum: float = BN_MOMENTUM
     dtype: Any = jnp.float32
     precision: Any = None
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         plan, spec = self.plan, self.plan.spec
-        common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, dtype=self.dtype,
-                      precision=self.precision)
+        common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, bn_momentum=self.bn_momentum,
+                      dtype=self.dtype, precision=self.precision)
         names = {layer: f"block_{j}" for j, layer in enumerate(plan.layers)}
         y, gate = x, None
         if "expand" in names:
@@ -305,13 +308,14 @@ class MobileNetV3(nn.Module):
     depthwise: str = "auto"
     dtype: Any = jnp.float32
     fold_bn: bool = True
+    bn_momentum: float = BN_MOMENTUM
     dropout_rate: float = 0.2
     precision: Any = None
 
     def setup(self):
         plan = channel_plan(self.width_mult)
-        common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, dtype=self.dtype,
-                      precision=self.precision)
+        common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, bn_momentum=self.bn_momentum,
+                      dtype=self.dtype, precision=self.precision)
         # A list attribute names its entries features_0 ... features_16, as in the state dict.
         self.features = (
             [ConvBN("full", 1, plan.stem, 3, 2, "hardswish", **common)]
