@@ -24,6 +24,8 @@ class AudioSettings:
     window_seconds: float = 10.0
     mel: frontend.MelConfig = frontend.MelConfig()
     depthwise: str = "auto"
+    bn_momentum: float = 0.99  # BN running-average decay (EfficientAT: PyTorch momentum 0.01)
+    remat: bool = False  # recompute the CNN's elementwise ops in the backward (keeps conv outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +62,17 @@ class AudioTower(nn.Module):
         rng = self.make_rng("augment") if train else None
         mel = frontend.log_mel(windows, s.mel, rng=rng)  # [B*W, F, T]
         cnn = MobileNetV3(width_mult=s.width_mult, num_classes=0, depthwise=s.depthwise,
-                          dtype=self.dtype, name="mobilenet")
-        tokens = cnn(mel, train=train)["sequence"]  # [B*W, T', C]
+                          bn_momentum=s.bn_momentum, dtype=self.dtype, name="mobilenet")
+        if s.remat:
+            # Only conv outputs are saved for the backward pass; BN, activations and SE gating are
+            # recomputed (XLA fuses them into the backward kernels), which removes most of the CNN's
+            # activation memory at little compute. nn.remat of a function keeps the parameter paths.
+            def run(module, x):
+                return module(x, train=train)["sequence"]
+
+            tokens = nn.remat(run, policy=jax.checkpoint_policies.dots_saveable)(cnn, mel)
+        else:
+            tokens = cnn(mel, train=train)["sequence"]  # [B*W, T', C]
         per_window = tokens.shape[1]
         tokens = tokens.reshape(batch, num_windows * per_window, tokens.shape[-1])
         # A token is real when its first sample lies inside the valid (non-padded) part of the clip.
@@ -92,6 +103,7 @@ class RetrievalModel(nn.Module):
     text_remat: bool = False
     learn_temperature: bool = False
     initial_temperature: float = 0.05
+    loss: str = "nt_xent"  # "nt_xent" or "siglip" (adds the learnable SigLIP scale and bias)
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -112,10 +124,19 @@ class RetrievalModel(nn.Module):
         self.log_temperature = self.param(
             "log_temperature", lambda _: jnp.log(jnp.asarray(self.initial_temperature, jnp.float32))
         )
+        if self.loss == "siglip":  # SigLIP paper init: t' = log 10 (scale = exp t'), bias = -10
+            self.siglip_log_scale = self.param("siglip_log_scale", lambda _: jnp.log(jnp.float32(10.0)))
+            self.siglip_bias = self.param("siglip_bias", lambda _: jnp.float32(-10.0))
 
     def temperature(self):
         t = jnp.exp(self.log_temperature)
         return t if self.learn_temperature else jax.lax.stop_gradient(t)
+
+    def logit_params(self) -> dict:
+        """The loss's scalars: {"temperature"} for NT-Xent, {"scale", "bias"} (learned) for SigLIP."""
+        if self.loss == "siglip":
+            return {"scale": jnp.exp(self.siglip_log_scale), "bias": self.siglip_bias}
+        return {"temperature": self.temperature()}
 
     def _cls(self, encoder, ids, mask, types, train):
         hidden = encoder(ids, mask, types, train=train)["last_hidden_state"]
