@@ -1,0 +1,257 @@
+"""Training-step benchmark: compiles a config's real train step and prints throughput, FLOPs, MFU.
+
+Run: python -m hybrid_jax.benchmark --config configs/demo.py [--batch-size 8] [--steps 10]
+         [--warmup 2] [--peak-tflops 989] [--json-out FILE] [--config.data.clip_seconds=10]
+
+The step is the one ``hybrid_jax.train`` runs (``steps.make_train_step`` + ``jit_train_step``, the
+state from ``train.init_state``: mesh, FSDP rules, donation) on a synthetic batch of the config's
+shapes (``clip_seconds`` of audio, ``text.max_length`` tokens). Converted pretrained towers are
+used when present; a missing one is replaced by a randomly initialised tower of the same
+architecture (``width_mult`` for the MobileNet, the standard Hugging Face BERT config named in
+the checkpoint path), which the output says under "notes". Speed does not depend on the values.
+
+Output (JSON): steady-state step time (median of ``--steps`` timed steps after ``--warmup``,
+with min/max/IQR), pairs/s, compile time, FLOPs per step from XLA's cost analysis of the compiled
+step, achieved TFLOP/s, MFU against ``--peak-tflops`` (per device), the compiled step's memory
+analysis, backend, devices, dtype, batch size, mesh and the machine's load average. On shared
+machines quote the load; measure under the same allocator settings (``malloc_tuned``) each time.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pathlib
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+from hybrid_jax import build, distributed, mobilenet, optim, sharding, steps, train
+from hybrid_jax.bert import BertConfig, BertEncoder
+from hybrid_jax.data import pipeline
+from hybrid_jax.data.audio_io import SAMPLE_RATE
+
+# Architectures of the released BERTs (their config.json), for the random-init fallback.
+_BERT_COMMON = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
+                    layer_norm_eps=1e-12, hidden_act="gelu", model_type="bert")
+HF_BERT_CONFIGS = {
+    "bert-base-uncased": dict(_BERT_COMMON, hidden_size=768, num_hidden_layers=12,
+                              num_attention_heads=12, intermediate_size=3072),
+    "bert-large-uncased": dict(_BERT_COMMON, hidden_size=1024, num_hidden_layers=24,
+                               num_attention_heads=16, intermediate_size=4096),
+}
+MALLOC_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def _hf_config_for(checkpoint: str) -> dict:
+    name = pathlib.Path(checkpoint).name
+    for key, hf in HF_BERT_CONFIGS.items():
+        if name.startswith(key.rsplit("-", 1)[0]):  # "bert-base-uncased", "bert-base", ...
+            return hf
+    raise FileNotFoundError(
+        f"text checkpoint {checkpoint} is missing and its architecture is unknown to the benchmark "
+        f"(known: {sorted(HF_BERT_CONFIGS)}); convert it first or use one of those names"
+    )
+
+
+def build_model(model_config: ConfigDict) -> tuple[build.Built, list[str]]:
+    """``build.build`` with a random-init fallback for missing checkpoints -> (Built, notes)."""
+    model_config = copy.deepcopy(model_config)
+    notes = []
+    audio_ckpt = model_config.audio.checkpoint
+    if audio_ckpt and not pathlib.Path(audio_ckpt).expanduser().is_dir():
+        with model_config.unlocked():
+            model_config.audio.checkpoint = None
+        notes.append(f"audio checkpoint {audio_ckpt} missing: random-init MobileNetV3 "
+                     f"width {model_config.audio.width_mult} (config.model.audio.width_mult)")
+    text_ckpt, hf = model_config.text.checkpoint, None
+    if text_ckpt != build.MINILM and not pathlib.Path(text_ckpt).expanduser().is_dir():
+        hf = _hf_config_for(text_ckpt)
+        with model_config.unlocked():
+            model_config.text.checkpoint = build.MINILM  # the packaged one, for everything but BERT
+    built = build.build(model_config)
+    if hf is not None:
+        config = BertConfig.from_hf(hf, dropout=model_config.text.dropout)
+        ids = np.zeros((1, model_config.text.max_length), np.int32)
+        encoder = BertEncoder(config)
+        init = jax.jit(lambda: encoder.init(jax.random.PRNGKey(1), ids, ids + 1, ids, train=False))
+        text_variables = jax.device_get(init())
+        built = build.Built(built.model.clone(text=config), None, built.audio_variables, text_variables)
+        notes.append(f"text checkpoint {text_ckpt} missing: random-init BERT with the HF config of "
+                     f"{pathlib.Path(text_ckpt).name} (hidden {config.hidden_size}, "
+                     f"{config.num_hidden_layers} layers)")
+    return built, notes
+
+
+def synthetic_batch(config: ConfigDict, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A global training batch with the loader's keys, shapes and dtypes (``TrainLoader.batch``)."""
+    rng = np.random.default_rng(seed)
+    size, length = config.train.batch_size, config.model.text.max_length
+    samples = int(round(config.data.clip_seconds * SAMPLE_RATE))
+
+    def tokens():
+        ids = rng.integers(1000, vocab_size, (size, length)).astype(np.int32)
+        ids[:, 0] = 101  # [CLS]
+        return ids, np.ones((size, length), np.int32), np.zeros((size, length), np.int32)
+
+    query, meta = tokens(), tokens()
+    return {
+        "audio": (rng.standard_normal((size, samples)) * 3000).astype(np.int16),
+        "audio_valid": np.ones(size, np.float32),
+        "query_ids": query[0], "query_mask": query[1], "query_types": query[2],
+        "meta_ids": meta[0], "meta_mask": meta[1], "meta_types": meta[2],
+        "meta_present": np.ones(size, bool),
+        "item_id": np.arange(size, dtype=np.int32),
+    }
+
+
+def step_options(config: ConfigDict, mesh) -> dict:
+    """``make_train_step`` keywords the config sets (GradCache micro-batches, loss implementation)."""
+    keys = ("microbatch_size", "accumulation", "loss_impl")
+    options = {k: config.train[k] for k in keys if k in config.train}
+    return {**options, "mesh": mesh} if options else {}
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+        cost = cost[0] if cost else {}
+    return dict(cost or {})
+
+
+def _memory(compiled) -> dict:
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    out = {f: int(getattr(stats, f, 0) or 0) for f in fields}
+    # Live at once, per device: inputs + outputs (minus donated buffers reused) + XLA's scratch.
+    out["peak_bytes_estimate"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                                  - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+    peak = getattr(stats, "peak_memory_in_bytes", None)
+    if peak:
+        out["peak_memory_in_bytes"] = int(peak)
+    return out
+
+
+def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: int = 10,
+              warmup: int = 2, peak_tflops: float | None = None, seed: int = 0,
+              steps_per_epoch: int | None = None) -> dict:
+    """Compiles and times the training step of ``config``; returns the JSON-able report.
+
+    ``steps_per_epoch`` only shapes the learning-rate schedule (speed does not depend on it); pass
+    a training run's value to compile exactly its program (a compilation-cache hit)."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        if batch_size:
+            config.train.batch_size = batch_size
+    size = config.train.batch_size
+    load_before = os.getloadavg()
+    mesh = sharding.make_mesh(config.mesh.shape)
+    built, notes = build_model(config.model)
+    model = built.model
+    batch = synthetic_batch(config, model.text.vocab_size, seed)
+    rows = size // jax.process_count()  # this process's rows of the global batch
+    local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows] for k, v in batch.items()}
+    tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch=steps_per_epoch or 1000)
+    state, state_shardings = train.init_state(built, tx, local, config, mesh)
+    train_step = steps.make_train_step(model, tx, schedule, **step_options(config, mesh))
+    jitted = steps.jit_train_step(train_step, state_shardings, mesh)
+    global_batch = pipeline.to_global(local, mesh, sharding.batch_sharding(mesh).spec)
+
+    start = time.perf_counter()
+    lowered = jitted.lower(state, global_batch)
+    lower_s = time.perf_counter() - start
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start - lower_s
+
+    times = []
+    for i in range(warmup + num_steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, global_batch)
+        loss = float(metrics["train/loss"])  # waits for the step, as train.py does every step
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    if not np.isfinite(loss):
+        notes.append(f"non-finite loss {loss} on the synthetic batch")
+
+    cost = _cost(compiled)
+    flops_device = float(cost.get("flops", 0.0))
+    median = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
+    devices = jax.devices()
+    # The compiled SPMD program is one device's share; the step's work is that times the devices
+    # (an upper bound where replicated computations are repeated on every device).
+    flops_step = flops_device * len(devices)
+    achieved = flops_step / median / 1e12
+    report = {
+        "config": None,  # main() fills in the file name
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "num_processes": jax.process_count(),
+        "mesh": dict(mesh.shape),
+        "dtype": np.dtype(model.dtype).name,
+        "depthwise": mobilenet.resolve_depthwise(model.audio.depthwise),
+        "batch_size": size,
+        "clip_seconds": config.data.clip_seconds,
+        "text_max_length": config.model.text.max_length,
+        "text_trainable": model.text_trainable,
+        "audio_width_mult": model.audio.width_mult,
+        "text_hidden_size": model.text.hidden_size,
+        "text_layers": model.text.num_hidden_layers,
+        "fusion": model.fusion,
+        "step_options": {k: v for k, v in step_options(config, mesh).items() if k != "mesh"},
+        "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+        "lower_s": round(lower_s, 2),
+        "compile_s": round(compile_s, 2),
+        "warmup_steps": warmup,
+        "timed_steps": len(times),
+        "step_time_s": {"median": median, "min": min(times), "max": max(times), "q1": q1, "q3": q3,
+                        "spread_pct": 100.0 * (q3 - q1) / median},
+        "pairs_per_s": size / median,
+        "flops_per_step": flops_step,
+        "flops_per_device_step": flops_device,
+        "bytes_accessed_per_device_step": float(cost.get("bytes accessed", 0.0)),
+        "achieved_tflops": achieved,
+        "peak_tflops_per_device": peak_tflops,
+        "mfu": achieved / (peak_tflops * len(devices)) if peak_tflops else None,
+        "memory_per_device": _memory(compiled),
+        "final_loss": loss,
+        "malloc_tuned": all(k in os.environ for k in MALLOC_SETTINGS),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "notes": notes,
+    }
+    return report
+
+
+FLAGS = flags.FLAGS  # --config and the multi-host flags are hybrid_jax.train's (defined on import)
+flags.DEFINE_integer("batch-size", None, "Global batch (default: config.train.batch_size).")
+flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_float("peak-tflops", None, "Peak TFLOP/s of one device, for MFU (e.g. H100 bf16 dense: 989).")
+flags.DEFINE_string("json-out", None, "Also write the report to this file.")
+
+
+def main(argv):
+    del argv
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    report = benchmark(FLAGS.config, batch_size=FLAGS["batch-size"].value, num_steps=FLAGS.steps,
+                       warmup=FLAGS.warmup, peak_tflops=FLAGS["peak-tflops"].value)
+    report["config"] = config_flags.get_config_filename(FLAGS["config"])
+    text = json.dumps(report, indent=2)
+    if jax.process_index() == 0:
+        print(text)
+        if FLAGS["json-out"].value:
+            pathlib.Path(FLAGS["json-out"].value).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
