@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch_format  # tests/torch_format.py: torch.save-format writer without torch
+import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
 from safetensors.numpy import load_file, save_file
 
 from hybrid_jax import convert_bert, pretrained, text, text_encoder, weights

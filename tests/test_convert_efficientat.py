@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-import torch_format
+import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
 from hybrid_jax import convert_efficientat, pretrained, weights
 from hybrid_jax.convert_efficientat import ConversionError
 from hybrid_jax.state_dict import read_state_dict

@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import torch_format
+import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
 from hybrid_jax.state_dict import CheckpointError, UnsafeCheckpointError, read_state_dict
 
 
