@@ -88,12 +88,35 @@ def _bwd(stride, residuals, g):
             dx = term if dx is None else dx + term
     if in_channels == 1 and dx.shape[-1] != 1:  # the stem broadcast one input channel
         dx = dx.sum(axis=-1, keepdims=True)
-    # dw[i, j] = sum over batch and space of tap(i, j) * g.
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    taps = [(tap * g).sum(axis=(0, 1, 2), dtype=jnp.float32)
-            for _, _, tap in _taps(xp, k, stride, out_h, out_w)]
-    dw = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    dw = _kernel_grad(x, g, k, stride).reshape(kernel.shape).astype(kernel.dtype)
     return dx.astype(x.dtype), dw
+
+
+def _kernel_grad_one(x, g, k: int, stride: int):
+    """[k*k, C] float32: per tap, the sum over batch and space of tap(i, j) * g."""
+    pad = (k - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return jnp.stack([(tap * g).sum(axis=(0, 1, 2), dtype=jnp.float32)
+                      for _, _, tap in _taps(xp, k, stride, g.shape[1], g.shape[2])])
+
+
+def _kernel_grad(x, g, k: int, stride: int):
+    """dw[i, j] = sum over batch and space of tap(i, j) * g, one example at a time.
+
+    XLA:CPU writes each tap's strided slice out before reducing it (k*k copies of the input).
+    Over the whole batch those copies stream through main memory; one example's fit in cache,
+    which made the kernel gradient 4-6x faster on mn10's layers (batch 16, 10 s; measured).
+    """
+    if x.shape[0] == 1:
+        return _kernel_grad_one(x, g, k, stride)
+
+    def add_example(total, example):
+        x1, g1 = example
+        return total + _kernel_grad_one(x1[None], g1[None], k, stride), None
+
+    channels = g.shape[-1]
+    total, _ = jax.lax.scan(add_example, jnp.zeros((k * k, channels), jnp.float32), (x, g))
+    return total
 
 
 shifted_conv.defvjp(_fwd, _bwd)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_jax import depthwise as depthwise_conv
+from hybrid_jax import pointwise
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # Flax convention; PyTorch's momentum 0.01
@@ -138,18 +139,22 @@ def spatial_conv(x, kernel, stride: int, depthwise: bool, impl: str, precision=N
     return depthwise_conv.shifted_conv(x, kernel, stride)
 
 
-def pointwise_conv(x, kernel, gate=None, precision=None):
+def pointwise_conv(x, kernel, gate=None, precision=None, impl: str = "native"):
     """1x1 conv as a GEMM, optionally after an SE ``gate`` [B, I] on the input channels.
 
     The gate scales whichever is smaller: the expanded activation (B*H*W*I values) or per-example
     copies of the weights (B*I*O). Early blocks have big maps and few channels, the last blocks
     the reverse (mn40 block 14: 0.5 M activations per example against 2.5 M weights).
+    ``impl="shifted"`` (the CPU choice) sums the kernel gradient per example
+    (``pointwise.matmul``); both give the same values.
     """
     weights = kernel.reshape(kernel.shape[2], kernel.shape[3])
     if gate is not None and x.shape[1] * x.shape[2] > weights.shape[1]:
         return jnp.einsum("bhwi,bio->bhwo", x, gate[:, :, None] * weights, precision=precision)
     if gate is not None:
         x = x * gate[:, None, None, :]
+    if impl == "shifted" and precision is None:
+        return pointwise.matmul(x, weights)
     return jnp.einsum("bhwi,io->bhwo", x, weights, precision=precision)
 
 
@@ -226,10 +231,10 @@ class ConvBN(nn.Module):
             multiplier, shift = bn.fold()
             kernel = kernel * multiplier
         kernel = kernel.astype(self.dtype)
+        impl = resolve_depthwise(self.depthwise)
         if self.kind == "pointwise":
-            y = pointwise_conv(x, kernel, gate, self.precision)
+            y = pointwise_conv(x, kernel, gate, self.precision, impl)
         else:
-            impl = resolve_depthwise(self.depthwise)
             kernel = kernel.transpose(1, 0, 2, 3)  # (frequency, time) -> activations' (time, frequency)
             y = spatial_conv(x, kernel, self.stride, self.kind == "depthwise", impl, self.precision)
         y = y + shift.astype(self.dtype) if fold else bn(y, train=train)

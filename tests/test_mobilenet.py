@@ -214,3 +214,28 @@ def test_bfloat16_compute_keeps_float32_parameters(fixture_model):
     assert half.dtype == jnp.bfloat16
     assert jax.tree.leaves(block_variables)[0].dtype == np.float32
     np.testing.assert_allclose(half.astype(np.float32), full, atol=0.05 * np.abs(full).max())
+
+
+def test_train_mode_gradients_equal_across_conv_implementations():
+    """The CPU path's hand-written backward passes (shifted-sum depthwise, per-example pointwise
+    kernel gradients) give the whole network's training gradients of the native convolutions."""
+    rng = np.random.default_rng(5)
+    mel = jnp.asarray(rng.normal(size=(3, 64, 48)), jnp.float32)
+    variables = mobilenet.random_variables(mobilenet.MobileNetV3(0.2, num_classes=0))
+
+    def loss(params, impl):
+        module = mobilenet.MobileNetV3(0.2, num_classes=0, depthwise=impl,
+                                       precision=None if impl == "shifted" else "highest")
+        out, _ = module.apply({**variables, "params": params}, mel, train=True,
+                              mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(out["sequence"]))
+
+    grads = jax.jit(lambda p: [jax.grad(loss)(p, impl) for impl in ("shifted", "native")])
+    shifted, native = grads(variables["params"])
+    flat_native = dict(jax.tree_util.tree_leaves_with_path(native))
+    # Leaves that are zero in exact arithmetic (BN shifts right before another BN) carry only
+    # float32 noise, so the tolerance is relative to the largest gradient of the network.
+    overall = max(float(np.abs(g).max()) for g in flat_native.values())
+    for path, g in jax.tree_util.tree_leaves_with_path(shifted):
+        np.testing.assert_allclose(g, flat_native[path], rtol=1e-3, atol=1e-5 * overall,
+                                   err_msg=jax.tree_util.keystr(path))
