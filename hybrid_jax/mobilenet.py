@@ -220,7 +220,7 @@ class ConvBN(nn.Module):
     precision: Any = None
 
     @nn.compact
-    def __call__(self, x, *, train: bool, gate=None):
+    def __call__(self, x, train: bool, gate=None):
         k = self.kernel_size
         in_per_group = 1 if self.kind == "depthwise" else self.in_features
         kernel = ConvKernel((k, k, in_per_group, self.out_features), name="conv")()
@@ -279,7 +279,8 @@ class InvertedResidual(nn.Module):
     precision: Any = None
 
     @nn.compact
-    def __call__(self, x, *, train: bool):
+    def __call__(self, x, train: bool):
+        # ``train`` is positional so that nn.remat can mark it static (MobileNetV3.remat).
         plan, spec = self.plan, self.plan.spec
         common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, bn_momentum=self.bn_momentum,
                       dtype=self.dtype, precision=self.precision)
@@ -316,15 +317,18 @@ class MobileNetV3(nn.Module):
     bn_momentum: float = BN_MOMENTUM
     dropout_rate: float = 0.2
     precision: Any = None
+    remat: bool = False  # recompute each inverted-residual block in the backward (saves its input only)
 
     def setup(self):
         plan = channel_plan(self.width_mult)
         common = dict(depthwise=self.depthwise, fold_bn=self.fold_bn, bn_momentum=self.bn_momentum,
                       dtype=self.dtype, precision=self.precision)
+        # static_argnums counts self: argument 2 is ``train``.
+        block = nn.remat(InvertedResidual, static_argnums=(2,)) if self.remat else InvertedResidual
         # A list attribute names its entries features_0 ... features_16, as in the state dict.
         self.features = (
             [ConvBN("full", 1, plan.stem, 3, 2, "hardswish", **common)]
-            + [InvertedResidual(block, **common) for block in plan.blocks]
+            + [block(b, **common) for b in plan.blocks]
             + [ConvBN("pointwise", plan.blocks[-1].out, plan.last_conv, activation="hardswish",
                       **common)]
         )
@@ -340,7 +344,7 @@ class MobileNetV3(nn.Module):
         # than (B, F, T, C)). Kernels keep PyTorch's (frequency, time) order; ConvBN swaps them.
         x = jnp.asarray(mel, self.dtype).transpose(0, 2, 1)[..., None]
         for layer in self.features:
-            x = layer(x, train=train)
+            x = layer(x, train)
         return x
 
     def pool(self, x):

@@ -25,7 +25,7 @@ class AudioSettings:
     mel: frontend.MelConfig = frontend.MelConfig()
     depthwise: str = "auto"
     bn_momentum: float = 0.99  # BN running-average decay (EfficientAT: PyTorch momentum 0.01)
-    remat: bool = False  # recompute the CNN's elementwise ops in the backward (keeps conv outputs)
+    remat: bool = False  # recompute each CNN block in the backward (keeps only block inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +62,9 @@ class AudioTower(nn.Module):
         rng = self.make_rng("augment") if train else None
         mel = frontend.log_mel(windows, s.mel, rng=rng)  # [B*W, F, T]
         cnn = MobileNetV3(width_mult=s.width_mult, num_classes=0, depthwise=s.depthwise,
-                          bn_momentum=s.bn_momentum, dtype=self.dtype, name="mobilenet")
-        if s.remat:
-            # Only conv outputs are saved for the backward pass; BN, activations and SE gating are
-            # recomputed. The CNN is one remat region, recomputed as a whole in the backward, so
-            # this does not lower the CNN's own peak (XLA:CPU, mn10 on 8 x 1 s: 246 MiB with and
-            # without); it only shrinks what stays live while the other towers run. Per-block
-            # remat would need a hook inside MobileNetV3. nn.remat of a function keeps the paths.
-            def run(module, x):
-                return module(x, train=train)["sequence"]
-
-            tokens = nn.remat(run, policy=jax.checkpoint_policies.dots_saveable)(cnn, mel)
-        else:
-            tokens = cnn(mel, train=train)["sequence"]  # [B*W, T', C]
+                          bn_momentum=s.bn_momentum, dtype=self.dtype, remat=s.remat,
+                          name="mobilenet")
+        tokens = cnn(mel, train=train)["sequence"]  # [B*W, T', C]
         per_window = tokens.shape[1]
         tokens = tokens.reshape(batch, num_windows * per_window, tokens.shape[-1])
         # A token is real when its first sample lies inside the valid (non-padded) part of the clip.
