@@ -3,6 +3,7 @@ stops cleanly, and the evaluation CLI path writes its results and the DCASE CSV.
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -45,12 +46,23 @@ def losses(workdir):
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def test_two_steps_on_eight_devices(data_root, tmp_path):
-    result = train.train_and_evaluate(tiny_config(data_root, **{"train.max_steps": 2}), tmp_path)
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """One two-step run on 8 devices, shared by the tests that only read its workdir."""
+    workdir = tmp_path_factory.mktemp("trained")
+    config = tiny_config(data_root, **{"train.max_steps": 2})
+    result = train.train_and_evaluate(config, workdir)
+    # Read now: the evaluation test below writes into the same workdir.
+    result["written"] = json.loads((workdir / "results_test.json").read_text())
+    return config, workdir, result
+
+
+def test_two_steps_on_eight_devices(trained):
+    _, tmp_path, result = trained
     curve = losses(tmp_path)
     assert sorted(curve) == [1, 2] and all(math.isfinite(v) for v in curve.values())
     assert 0.0 <= result["mAP@10"] <= 1.0 and set(result) >= {"mAP@10", "R@1", "R@5", "R@10"}
-    assert json.loads((tmp_path / "results_test.json").read_text())["mAP@10"] == result["mAP@10"]
+    assert result["written"]["mAP@10"] == result["mAP@10"]
     assert list((tmp_path / "tensorboard").iterdir())
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert {"step", "train/loss", "lr", "examples_per_s"} <= set(row)
@@ -66,8 +78,9 @@ def test_resume_gives_the_uninterrupted_loss_curve(data_root, tmp_path):
     np.testing.assert_allclose([b[s] for s in range(1, 8)], [a[s] for s in range(1, 8)], rtol=1e-6)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
-    train.train_and_evaluate(tiny_config(data_root, **{"train.max_steps": 2}), tmp_path)
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, trained, tmp_path):
+    tmp_path = tmp_path / "workdir"
+    shutil.copytree(trained[1], tmp_path)  # a copy of the two-step run, resumed with lr = inf
     bad = tiny_config(data_root, **{"train.max_steps": 4, "optim.peak_lr": float("inf")})
     with pytest.raises(train.NonFiniteLossError, match=r"at step 4"):
         train.train_and_evaluate(bad, tmp_path)
@@ -76,9 +89,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp
     checkpoints.close()
 
 
-def test_evaluate_writes_results_and_dcase_submission(data_root, tmp_path):
-    config = tiny_config(data_root, **{"train.max_steps": 1})
-    train.train_and_evaluate(config, tmp_path)
+def test_evaluate_writes_results_and_dcase_submission(trained):
+    config, tmp_path, _ = trained
     result = evaluate.run(config, tmp_path, checkpoint="latest", missing_metadata=0.5)
     assert result["num_items"] == 4 and result["num_queries"] == 20 and result["missing_metadata"] == 0.5
     with open(tmp_path / "submission_test.csv", newline="", encoding="utf-8") as f:
@@ -88,11 +100,10 @@ def test_evaluate_writes_results_and_dcase_submission(data_root, tmp_path):
     assert all(len(r) == 1 + 4 for r in rows[1:])  # only 4 items exist: the top-4 are listed
 
 
-def test_search_indexes_a_folder_and_answers_queries(data_root, tmp_path):
+def test_search_indexes_a_folder_and_answers_queries(data_root, trained, tmp_path):
     from hybrid_jax import search
 
-    config = tiny_config(data_root, **{"train.max_steps": 1})
-    train.train_and_evaluate(config, tmp_path)
+    config, workdir, _ = trained
     folder = data_root / "raw" / "evaluation"
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
     collection = tmp_path / "collection"
@@ -102,10 +113,10 @@ def test_search_indexes_a_folder_and_answers_queries(data_root, tmp_path):
     (collection / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
     first = sorted(folder.glob("*.wav"))[0].name
     (tmp_path / "tags.csv").write_text(f'file_name,keywords\n"{first}",dog;bark;field-recording\n')
-    summary = search.build_index(config, tmp_path, collection, tmp_path / "tags.csv", tmp_path / "index.npz", "latest")
+    summary = search.build_index(config, workdir, collection, tmp_path / "tags.csv", tmp_path / "index.npz", "latest")
     assert summary["indexed"] == 3 and summary["with_metadata"] == 1
     assert [f for f, _ in summary["skipped"]] == [str(collection / "broken.wav")]
-    hits = search.query_index(config, tmp_path, tmp_path / "index.npz", ["a dog barks", "rain falls"], 2, "latest")
+    hits = search.query_index(config, workdir, tmp_path / "index.npz", ["a dog barks", "rain falls"], 2, "latest")
     assert len(hits) == 2 and all(len(h) == 2 for h in hits)
     assert {name for h in hits for name, _ in h} <= {w.name for w in collection.glob("*.wav")}
     assert hits[0][0][1] >= hits[0][1][1]  # best first
