@@ -28,9 +28,16 @@ def _example_grad(x1, g1):
     return jnp.einsum("hwi,hwo->io", x1, g1, preferred_element_type=jnp.float32)
 
 
+# Below this many operand bytes the whole batch fits in cache: one dot, no loop.
+PER_EXAMPLE_MIN_BYTES = 4 << 20
+
+
 def _bwd(residuals, g):
     x, kernel = residuals
     dx = jnp.einsum("bhwo,io->bhwi", g, kernel).astype(x.dtype)
+    if x.shape[0] == 1 or x.nbytes + g.nbytes < PER_EXAMPLE_MIN_BYTES:
+        dw = jnp.einsum("bhwi,bhwo->io", x, g, preferred_element_type=jnp.float32)
+        return dx, dw.astype(kernel.dtype)
 
     def add_example(total, example):
         return total + _example_grad(*example), None

@@ -20,8 +20,11 @@ def native(x, kernel, stride):
     (3, 1, 9, 12, 6), (3, 2, 10, 13, 6), (3, 2, 9, 9, 6), (5, 1, 6, 5, 6), (5, 2, 7, 8, 6),
     (5, 2, 8, 11, 6), (3, 2, 10, 13, 1),  # last: the stem's single input channel
 ])
+@pytest.mark.parametrize("per_example", [True, False])
 def test_shifted_conv_gradients_equal_autodiff_and_native(kernel_size, stride, height, width,
-                                                          channels):
+                                                          channels, per_example, monkeypatch):
+    if per_example:  # the loop over examples that large activations take
+        monkeypatch.setattr(depthwise, "PER_EXAMPLE_MIN_BYTES", 0)
     rng = np.random.default_rng(kernel_size * 10 + stride + height)
     x = jnp.asarray(rng.normal(size=(2, height, width, channels)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 1, 6)), jnp.float32)

@@ -34,7 +34,7 @@ METRICS = ("mAP@10", "R@1", "R@5", "R@10")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch-sizes", ["8", "16", "32"], "Global batch sizes to sweep.")
 flags.DEFINE_integer("max-steps", 0, "Training steps per size (0: the config's epochs).")
-flags.DEFINE_float("num-epochs", None, "Override config.train.num_epochs (same epochs per size).")
+flags.DEFINE_integer("num-epochs", None, "Override config.train.num_epochs (same epochs per size).")
 flags.DEFINE_integer("microbatch-size", 0, "GradCache sub-batch for sizes above it (0: off).")
 flags.DEFINE_integer("bench-steps", 5, "Timed benchmark steps per size (0: no benchmark).")
 flags.DEFINE_integer("bench-warmup", 1, "Untimed benchmark steps after compilation.")
