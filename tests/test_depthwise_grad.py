@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import depthwise
+from hybrid_jax import batch_sum, depthwise
 
 
 def native(x, kernel, stride):
@@ -24,7 +24,7 @@ def native(x, kernel, stride):
 def test_shifted_conv_gradients_equal_autodiff_and_native(kernel_size, stride, height, width,
                                                           channels, per_example, monkeypatch):
     if per_example:  # the loop over examples that large activations take
-        monkeypatch.setattr(depthwise, "PER_EXAMPLE_MIN_BYTES", 0)
+        monkeypatch.setattr(batch_sum, "PER_EXAMPLE_MIN_BYTES", 0)
     rng = np.random.default_rng(kernel_size * 10 + stride + height)
     x = jnp.asarray(rng.normal(size=(2, height, width, channels)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 1, 6)), jnp.float32)

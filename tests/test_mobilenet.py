@@ -219,11 +219,10 @@ def test_bfloat16_compute_keeps_float32_parameters(fixture_model):
 def test_train_mode_gradients_equal_across_conv_implementations(monkeypatch):
     """The CPU path's hand-written backward passes (shifted-sum depthwise, per-example pointwise
     kernel gradients) give the whole network's training gradients of the native convolutions."""
-    from hybrid_jax import depthwise, pointwise
+    from hybrid_jax import batch_sum
 
     # Take the per-example loops everywhere (by default only large activations do).
-    monkeypatch.setattr(depthwise, "PER_EXAMPLE_MIN_BYTES", 0)
-    monkeypatch.setattr(pointwise, "PER_EXAMPLE_MIN_BYTES", 0)
+    monkeypatch.setattr(batch_sum, "PER_EXAMPLE_MIN_BYTES", 0)
     rng = np.random.default_rng(5)
     mel = jnp.asarray(rng.normal(size=(3, 64, 48)), jnp.float32)
     variables = mobilenet.random_variables(mobilenet.MobileNetV3(0.2, num_classes=0))
