@@ -4,7 +4,7 @@ Run: python -m hybrid_jax.benchmark --config configs/demo.py [--batch-size 8] [-
          [--warmup 2] [--peak-tflops 989] [--json-out FILE] [--config.data.clip_seconds=10]
 
 The step is the one ``hybrid_jax.train`` runs (``steps.make_train_step`` + ``jit_train_step``, the
-state from ``train.init_state``: mesh, FSDP rules, donation) on a synthetic batch of the config's
+state from ``state.init_state``: mesh, FSDP rules, donation) on a synthetic batch of the config's
 shapes (``clip_seconds`` of audio, ``text.max_length`` tokens). Converted pretrained towers are
 used when present; a missing one is replaced by a randomly initialised tower of the same
 architecture (``width_mult`` for the MobileNet, the standard Hugging Face BERT config named in
@@ -27,13 +27,13 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import ConfigDict, config_flags
+from ml_collections import ConfigDict
 
-from hybrid_jax import build, distributed, mobilenet, optim, sharding, steps, train
-from hybrid_jax.bert import BertConfig, BertEncoder
+from hybrid_jax import optim, schema, sharding, steps
 from hybrid_jax.data import pipeline
-from hybrid_jax.data.audio_io import SAMPLE_RATE
+from hybrid_jax.models import build, mobilenet
+from hybrid_jax.models.bert import BertConfig, BertEncoder
+from hybrid_jax.state import init_state
 
 # Architectures of the released BERTs (their config.json), for the random-init fallback.
 _BERT_COMMON = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
@@ -91,22 +91,16 @@ def synthetic_batch(config: ConfigDict, vocab_size: int, seed: int = 0) -> dict[
     """A global training batch with the loader's keys, shapes and dtypes (``TrainLoader.batch``)."""
     rng = np.random.default_rng(seed)
     size, length = config.train.batch_size, config.model.text.max_length
-    samples = int(round(config.data.clip_seconds * SAMPLE_RATE))
-
-    def tokens():
-        ids = rng.integers(1000, vocab_size, (size, length)).astype(np.int32)
-        ids[:, 0] = 101  # [CLS]
-        return ids, np.ones((size, length), np.int32), np.zeros((size, length), np.int32)
-
-    query, meta = tokens(), tokens()
-    return {
-        "audio": (rng.standard_normal((size, samples)) * 3000).astype(np.int16),
-        "audio_valid": np.ones(size, np.float32),
-        "query_ids": query[0], "query_mask": query[1], "query_types": query[2],
-        "meta_ids": meta[0], "meta_mask": meta[1], "meta_types": meta[2],
-        "meta_present": np.ones(size, bool),
-        "item_id": np.arange(size, dtype=np.int32),
-    }
+    batch = schema.zeros(schema.TRAIN_FIELDS, size, schema.num_samples(config.data.clip_seconds), length)
+    batch["audio"][:] = (rng.standard_normal(batch["audio"].shape) * 3000).astype(np.int16)
+    batch["audio_valid"][:] = 1.0
+    for side in ("query", "meta"):  # full-length random sentences after [CLS]
+        batch[f"{side}_ids"][:] = rng.integers(1000, vocab_size, (size, length))
+        batch[f"{side}_ids"][:, 0] = 101
+        batch[f"{side}_mask"][:] = 1
+    batch["meta_present"][:] = True
+    batch["item_id"][:] = np.arange(size)
+    return batch
 
 
 def step_options(config: ConfigDict, mesh) -> dict:
@@ -159,7 +153,7 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
     rows = size // jax.process_count()  # this process's rows of the global batch
     local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows] for k, v in batch.items()}
     tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch=steps_per_epoch or 1000)
-    state, state_shardings = train.init_state(built, tx, local, config, mesh)
+    state, state_shardings = init_state(built, tx, local, config, mesh)
     train_step = steps.make_train_step(model, tx, schedule, **step_options(config, mesh))
     jitted = steps.jit_train_step(train_step, state_shardings, mesh)
     global_batch = pipeline.to_global(local, mesh, sharding.batch_sharding(mesh).spec)
@@ -231,27 +225,37 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
     return report
 
 
-FLAGS = flags.FLAGS  # --config and the multi-host flags are hybrid_jax.train's (defined on import)
-flags.DEFINE_integer("batch-size", None, "Global batch (default: config.train.batch_size).")
-flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-flags.DEFINE_float("peak-tflops", None, "Peak TFLOP/s of one device, for MFU (e.g. H100 bf16 dense: 989).")
-flags.DEFINE_string("json-out", None, "Also write the report to this file.")
-
-
 def main(argv):
     del argv
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    report = benchmark(FLAGS.config, batch_size=FLAGS["batch-size"].value, num_steps=FLAGS.steps,
-                       warmup=FLAGS.warmup, peak_tflops=FLAGS["peak-tflops"].value)
-    report["config"] = config_flags.get_config_filename(FLAGS["config"])
+    from absl import flags
+    from ml_collections import config_flags
+
+    from hybrid_jax import cli
+
+    f = flags.FLAGS
+    cli.quiet_terminal()
+    cli.initialize_distributed()
+    report = benchmark(f.config, batch_size=f["batch-size"].value, num_steps=f.steps,
+                       warmup=f.warmup, peak_tflops=f["peak-tflops"].value)
+    report["config"] = config_flags.get_config_filename(f["config"])
     text = json.dumps(report, indent=2)
     if jax.process_index() == 0:
         print(text)
-        if FLAGS["json-out"].value:
-            pathlib.Path(FLAGS["json-out"].value).write_text(text + "\n")
+        if f["json-out"].value:
+            pathlib.Path(f["json-out"].value).write_text(text + "\n")
 
 
 if __name__ == "__main__":
+    from absl import app, flags
+
+    from hybrid_jax import cli
+
+    cli.define_config_flag()
+    flags.DEFINE_integer("batch-size", None, "Global batch (default: config.train.batch_size).")
+    flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+    flags.DEFINE_float("peak-tflops", None, "Peak TFLOP/s of one device, for MFU (e.g. H100 bf16 dense: 989).")
+    flags.DEFINE_string("json-out", None, "Also write the report to this file.")
+    cli.define_multihost_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

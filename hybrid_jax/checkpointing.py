@@ -7,11 +7,13 @@ Orbax writes into a temporary directory and renames it, so an interrupted save n
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 
 def _save_whole_replicas_on_cpu() -> None:
@@ -20,11 +22,28 @@ def _save_whole_replicas_on_cpu() -> None:
     Orbax's default (replica-parallel saving everywhere but GPU) slices every replicated array
     into one piece per device before the host copy: on 8 CPU "devices", which share one host
     memory, that is thousands of eager slices and hundreds of small compilations per save (about
-    24 s per save of the tiny test model) for no parallelism at all.
+    24 s per save of the tiny test model) for no parallelism at all. Registered once per process
+    (Orbax warns at every override).
     """
-    if jax.default_backend() == "cpu":
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    global _REGISTERED
+    if jax.default_backend() == "cpu" and not _REGISTERED:
+        _REGISTERED = True
+        with _absl_level(absl_logging.ERROR):
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
+_REGISTERED = False
+
+
+@contextlib.contextmanager
+def _absl_level(level: int):
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(before)
 
 
 class Checkpoints:
@@ -83,8 +102,3 @@ def restore_from_path(path: str | pathlib.Path, abstract_state: Any) -> tuple[An
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
         )
     return restored["state"], restored["meta"]
-
-
-def abstract(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a tree of arrays, for restoring onto that layout."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

@@ -1,7 +1,7 @@
 """Retrieval evaluation: embed every item and every query once, score, report, write DCASE CSV.
 
 Run: python -m hybrid_jax.evaluate --config configs/clotho_late.py --workdir DIR
-         [--checkpoint best|latest|PATH] [--split test] [--missing-metadata 0.3]
+         [--checkpoint best|latest|PATH] [--split test] [--missing_metadata 0.3]
 """
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hybrid_jax import fusion, metrics, sharding
+from hybrid_jax import metrics, schema, sharding
 from hybrid_jax.data import pipeline
 from hybrid_jax.data.eval_data import EvalData
-
-
-MODEL_KEYS_ITEMS = ("audio", "audio_valid", "meta_ids", "meta_mask", "meta_types", "meta_present")
-MODEL_KEYS_QUERIES = ("query_ids", "query_mask", "query_types")
+from hybrid_jax.models import fusion
 
 
 def _embed_batches(embed: Callable, variables, batches, keys, count: int, mesh: Mesh, transform=None) -> dict:
@@ -65,7 +62,7 @@ def evaluate_split(
         keep = batch["meta_present"] & ~dropped[np.maximum(batch["item_id"], 0)]
         return {**batch, "meta_present": keep}
 
-    queries = _embed_batches(embed_queries, variables, data.query_batches(batch_size), MODEL_KEYS_QUERIES,
+    queries = _embed_batches(embed_queries, variables, data.query_batches(batch_size), schema.QUERY_KEYS,
                              data.num_queries, mesh)
     num_variants = data.meta_present.shape[0]
     similarity = np.empty((data.num_queries, data.num_clips), np.float32)
@@ -74,7 +71,7 @@ def evaluate_split(
         if not users.any():
             continue
         items = _embed_batches(embed_items, variables, data.clip_batches(batch_size, variant=variant),
-                               MODEL_KEYS_ITEMS, data.num_clips, mesh, transform=drop)
+                               schema.ITEM_KEYS, data.num_clips, mesh, transform=drop)
         chosen = jax.tree.map(lambda x: x[users], queries)
         similarity[users] = score(chosen, items)
     result = metrics.retrieval_metrics(similarity, data.caption_item)
@@ -83,7 +80,8 @@ def evaluate_split(
 
 def score(queries: dict, items: dict) -> np.ndarray:
     """Similarity [Q, N] on the host (float32); the fusion rule decides how experts combine."""
-    return np.asarray(jax.jit(fusion.similarity, backend="cpu")(queries, items))
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):  # host memory, not the accelerator's
+        return np.asarray(jax.jit(fusion.similarity)(queries, items))
 
 
 def write_submission(path: pathlib.Path, captions: list[str], file_names: list[str], similarity: np.ndarray) -> None:
@@ -107,20 +105,22 @@ def example_batch(data: EvalData, batch_size: int) -> dict[str, np.ndarray]:
     """One batch with both item and query fields (to initialise the model's shapes)."""
     items = next(data.clip_batches(batch_size))
     queries = next(data.query_batches(batch_size))
-    return {**{k: items[k] for k in MODEL_KEYS_ITEMS}, **{k: queries[k] for k in MODEL_KEYS_QUERIES},
+    return {**{k: items[k] for k in schema.ITEM_KEYS}, **{k: queries[k] for k in schema.QUERY_KEYS},
             "item_id": np.maximum(items["item_id"], 0)}
 
 
 def load_trained(config, workdir: str | pathlib.Path, checkpoint: str, example: dict[str, np.ndarray], built=None):
     """Restores ``checkpoint`` ("best", "latest" or a step directory) of ``workdir`` into the model
     of ``config`` (``built`` if already built) -> (variables, embed_items, embed_queries, mesh)."""
-    from hybrid_jax import build, optim, steps, train  # heavy imports only on the CLI paths
-    from hybrid_jax.checkpointing import Checkpoints, abstract, restore_from_path
+    from hybrid_jax import optim, steps  # heavy imports only on the CLI paths
+    from hybrid_jax.checkpointing import Checkpoints, restore_from_path
+    from hybrid_jax.models import build
+    from hybrid_jax.state import abstract, init_state
 
     mesh = sharding.make_mesh(config.mesh.shape)
     built = built or build.build(config.model)
     tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1)
-    state, state_shardings = train.init_state(built, tx, example, config, mesh)
+    state, state_shardings = init_state(built, tx, example, config, mesh)
     if checkpoint in ("best", "latest"):
         checkpoints = Checkpoints(workdir)
         state, _ = checkpoints.restore(checkpoint, abstract(state))
@@ -138,8 +138,8 @@ def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: st
         missing_metadata: float | None = None) -> dict:
     """Restores a checkpoint of ``workdir`` and evaluates it on ``split`` (default: the config's
     test split); writes ``results_<split>.json`` and the DCASE CSV ``submission_<split>.csv``."""
-    from hybrid_jax import build
-    from hybrid_jax.datasets import open_eval_split
+    from hybrid_jax.data.datasets import open_eval_split
+    from hybrid_jax.models import build
 
     workdir = pathlib.Path(workdir)
     split = split or config.data.test_split
@@ -165,19 +165,30 @@ def main(argv):
     del argv
     from absl import flags
 
-    FLAGS = flags.FLAGS
-    result = run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.missing_metadata)
-    print(json.dumps(result, indent=2))
+    from hybrid_jax import cli
+
+    f = flags.FLAGS
+    cli.quiet_terminal()
+    cli.initialize_distributed()
+    cli.log_to_file(pathlib.Path(f.workdir) / "logs" / f"evaluate.{jax.process_index()}.log")
+    result = run(f.config, f.workdir, f.checkpoint, f.split, f.missing_metadata)
+    if jax.process_index() == 0:
+        print(f"{result['dataset']} {result['split']} ({f.checkpoint} checkpoint, {result['num_queries']} "
+              f"queries, {result['num_items']} items): {metrics.format_line(result)}")
+        split, workdir = result["split"], pathlib.Path(f.workdir)
+        print(f"wrote {workdir / f'results_{split}.json'} and {workdir / f'submission_{split}.csv'}")
 
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    from hybrid_jax import cli
+
+    cli.define_config_flag("The config the model was trained with.")
     flags.DEFINE_string("workdir", None, "The training run's directory.")
     flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint step directory.")
     flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
     flags.DEFINE_float("missing_metadata", None, "Remove the metadata of this fraction of items.")
+    cli.define_multihost_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

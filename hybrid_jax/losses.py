@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from hybrid_jax import fusion
+from hybrid_jax.models import fusion
 from hybrid_jax.sharding import BATCH_AXES
 
 

@@ -58,3 +58,8 @@ def top_k(similarity: np.ndarray, k: int = 10) -> np.ndarray:
     """Indices [Q, k] of the best k items per query, best first, ties broken as documented above."""
     order = np.argsort(-np.asarray(similarity), axis=1, kind="stable")
     return order[:, :k]
+
+
+def format_line(result: dict[str, float]) -> str:
+    """``retrieval_metrics`` as one line in percent: "mAP@10 45.21  R@1 30.62  ..."."""
+    return "  ".join(f"{k} {100 * result[k]:.2f}" for k in ("mAP@10", "R@1", "R@5", "R@10"))

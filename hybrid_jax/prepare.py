@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hybrid_jax.data import preparation
-from hybrid_jax.data.builder import NoUsableExamples
-from hybrid_jax.data.report import summary
+from hybrid_jax.data.prepare import preparation
+from hybrid_jax.data.prepare.builder import NoUsableExamples
+from hybrid_jax.data.prepare.report import summary
 
 
 def main(argv: list[str] | None = None) -> int:

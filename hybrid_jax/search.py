@@ -16,7 +16,8 @@ import pathlib
 
 import numpy as np
 
-from hybrid_jax import evaluate, fusion, metrics
+from hybrid_jax import evaluate, metrics, schema
+from hybrid_jax.models import fusion
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
 
@@ -32,9 +33,9 @@ def read_metadata(path: str | pathlib.Path | None) -> dict[str, str]:
     return {r["file_name"]: " ".join(k.strip() for k in r["keywords"].replace(";", " ").split()) for r in rows}
 
 
-def load_clips(audio_dir: str | pathlib.Path, clip_seconds: float, sample_rate: int = 32000):
+def load_clips(audio_dir: str | pathlib.Path, clip_seconds: float, sample_rate: int = schema.SAMPLE_RATE):
     """-> (file names, int16 [N, S] audio, float32 [N] valid fraction, skipped [(file, reason)])."""
-    from hybrid_jax.audio_encoder import read_audio
+    from hybrid_jax.models.audio_encoder import read_audio
 
     window = int(round(clip_seconds * sample_rate))
     names, audio, valid, skipped = [], [], [], []
@@ -58,7 +59,7 @@ def load_clips(audio_dir: str | pathlib.Path, clip_seconds: float, sample_rate: 
 
 def build_index(config, workdir, audio_dir, metadata_csv, index_path, checkpoint="best") -> dict:
     """Embeds every audio file of ``audio_dir`` (with its metadata) and saves the index (npz)."""
-    from hybrid_jax import build
+    from hybrid_jax.models import build
 
     built = build.build(config.model)
     names, audio, valid, skipped = load_clips(audio_dir, config.data.clip_seconds)
@@ -71,15 +72,14 @@ def build_index(config, workdir, audio_dir, metadata_csv, index_path, checkpoint
         "meta_ids": tokens["input_ids"] * present[:, None], "meta_mask": tokens["attention_mask"] * present[:, None],
         "meta_types": tokens["token_type_ids"] * present[:, None],
     }
-    example = {**{k: v[:1] for k, v in items.items()}, "query_ids": tokens["input_ids"][:1],
-               "query_mask": tokens["attention_mask"][:1], "query_types": tokens["token_type_ids"][:1],
-               "item_id": np.zeros(1, np.int32)}
+    example = {**schema.zeros(schema.TRAIN_FIELDS, 1, audio.shape[1], built.tokenizer.max_length),
+               **{k: v[:1] for k, v in items.items()}}
     variables, embed_items, _, mesh = evaluate.load_trained(config, workdir, checkpoint, example, built)
     batches = (
         {k: _pad(v[i : i + config.eval.batch_size], config.eval.batch_size) for k, v in items.items()}
         for i in range(0, len(names), config.eval.batch_size)
     )
-    embedded = evaluate._embed_batches(embed_items, variables, batches, evaluate.MODEL_KEYS_ITEMS, len(names), mesh)
+    embedded = evaluate._embed_batches(embed_items, variables, batches, schema.ITEM_KEYS, len(names), mesh)
     np.savez(index_path, file_names=np.array(names), **{f"item/{k}": v for k, v in embedded.items()})
     for file, reason in skipped:
         print(f"skipped {file}: {reason}")
@@ -93,7 +93,7 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 
 def query_index(config, workdir, index_path, queries: list[str], top_k=10, checkpoint="best"):
     """-> per query, the [(file name, score)] of the best ``top_k`` items."""
-    from hybrid_jax import build
+    from hybrid_jax.models import build
 
     built = build.build(config.model)
     index = np.load(index_path)
@@ -102,14 +102,12 @@ def query_index(config, workdir, index_path, queries: list[str], top_k=10, check
     n = len(queries)
     batch = {"query_ids": tokens["input_ids"], "query_mask": tokens["attention_mask"],
              "query_types": tokens["token_type_ids"]}
-    example = {**batch, "audio": np.zeros((n, int(config.data.clip_seconds * 32000)), np.int16),
-               "audio_valid": np.ones(n, np.float32), "meta_present": np.zeros(n, bool),
-               "meta_ids": batch["query_ids"], "meta_mask": batch["query_mask"], "meta_types": batch["query_types"],
-               "item_id": np.arange(n, dtype=np.int32)}
+    example = {**schema.zeros(schema.TRAIN_FIELDS, n, schema.num_samples(config.data.clip_seconds),
+                              built.tokenizer.max_length), **batch}
     variables, _, embed_queries, mesh = evaluate.load_trained(config, workdir, checkpoint, example, built)
     size = max(mesh.devices.size, -(-n // mesh.devices.size) * mesh.devices.size)
     padded = ({k: _pad(v, size) for k, v in batch.items()} for _ in range(1))
-    q = evaluate._embed_batches(embed_queries, variables, padded, evaluate.MODEL_KEYS_QUERIES, n, mesh)
+    q = evaluate._embed_batches(embed_queries, variables, padded, schema.QUERY_KEYS, n, mesh)
     similarity = np.asarray(fusion.similarity(q, items))
     best = metrics.top_k(similarity, k=min(top_k, similarity.shape[1]))
     names = index["file_names"]
@@ -120,7 +118,11 @@ def main(argv):
     del argv
     from absl import flags
 
+    from hybrid_jax import cli
+
     F = flags.FLAGS
+    cli.quiet_terminal()
+    cli.log_to_file(pathlib.Path(F.workdir) / "logs" / "search.log")
     if F.audio_dir:
         build_index(F.config, F.workdir, F.audio_dir, F.metadata, F.index, F.checkpoint)
     if F.query:
@@ -132,9 +134,10 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "The config the model was trained with.", lock_config=True)
+    from hybrid_jax import cli
+
+    cli.define_config_flag("The config the model was trained with.")
     flags.DEFINE_string("workdir", None, "The training run's directory.")
     flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint step directory.")
     flags.DEFINE_string("audio_dir", None, "Index every audio file under this folder.")

@@ -2,25 +2,16 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
-import flax.struct
 import jax
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from hybrid_jax import gradcache, losses, sharding
-from hybrid_jax.model import RetrievalModel
-
-
-class TrainState(flax.struct.PyTreeNode):
-    """Everything a resumed run needs besides the data iterator (kept in checkpoint meta)."""
-
-    step: jax.Array  # int32 scalar: optimizer steps taken
-    params: Any
-    batch_stats: Any  # BN running statistics of the audio CNN ({} without an audio tower)
-    opt_state: Any
-    rng: jax.Array  # uint32 [2] base key; step keys are fold_in(rng, step), so resume is exact
+from hybrid_jax.models.retrieval import RetrievalModel
+from hybrid_jax.state import TrainState
 
 
 def _embed_both(module: RetrievalModel, batch, train: bool):

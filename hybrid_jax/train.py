@@ -6,63 +6,30 @@ on the test split.
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import time
 
 import jax
-import numpy as np
 import tqdm
-from absl import app, flags, logging
-from ml_collections import ConfigDict, config_flags
+from absl import logging
+from ml_collections import ConfigDict
 
-from hybrid_jax import build, distributed, evaluate, optim, sharding, steps
-from hybrid_jax.checkpointing import Checkpoints, abstract
-from hybrid_jax.datasets import open_datasets
+from hybrid_jax import config_checks, evaluate, metrics, optim, sharding, steps
+from hybrid_jax.checkpointing import Checkpoints
+from hybrid_jax.data.datasets import open_datasets
 from hybrid_jax.logs import MetricsLog
+from hybrid_jax.models import build
+from hybrid_jax.state import abstract, init_state
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
-def init_state(built: build.Built, tx, example_batch: dict, config: ConfigDict, mesh) -> tuple[steps.TrainState, steps.TrainState]:
-    """Initialises the state directly into its shardings (shapes first, via eval_shape), then
-    grafts the converted pretrained towers in. Returns (state, state_shardings)."""
-    model, seed = built.model, config.train.seed
-    # rbg keys for the initialisers: threefry compiles one large kernel per parameter on XLA:CPU
-    # (minutes for the whole model); rbg compiles in seconds. The values are drawn replicated and
-    # only then resharded, so they do not depend on the mesh.
-    rngs = {name: jax.random.key(seed + i, impl="rbg") for i, name in enumerate(("params", "dropout", "augment"))}
-
-    def init_variables():
-        variables = model.init(rngs, example_batch, train=False)
-        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-    rules = [tuple(rule) for rule in config.mesh.rules]
-    var_shardings = sharding.param_shardings(jax.eval_shape(init_variables), mesh, rules)
-    replicated_init = jax.jit(init_variables, out_shardings=sharding.param_shardings(0, mesh, []))()
-    variables = build.load_pretrained(built, jax.device_put(replicated_init, var_shardings))
-    opt_shardings = sharding.param_shardings(jax.eval_shape(tx.init, variables["params"]), mesh, rules)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(variables["params"])
-    replicated = sharding.param_shardings(0, mesh, [])
-    state = steps.TrainState(
-        step=jax.device_put(np.int32(0), replicated),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=opt_state,
-        rng=jax.device_put(np.asarray(jax.random.PRNGKey(seed + 17)), replicated),
-    )
-    state_shardings = steps.TrainState(
-        step=replicated, params=var_shardings["params"], batch_stats=var_shardings["batch_stats"],
-        opt_state=opt_shardings, rng=replicated,
-    )
-    return state, state_shardings
-
-
 def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Runs training and the final test evaluation; returns the test metrics."""
+    config_checks.check(config, num_devices=jax.device_count(), process_count=jax.process_count())
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -103,10 +70,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
     window_start, window_examples = time.perf_counter(), 0
     while step < total_steps:
         batch = data.to_global(next(iterator), mesh, batch_spec)
-        state, metrics = train_step(state, batch)
+        state, step_metrics = train_step(state, batch)
         step += 1
         window_examples += config.train.batch_size
-        loss = float(metrics["train/loss"])  # one host sync per step: NaN must stop at its own step
+        loss = float(step_metrics["train/loss"])  # one host sync per step: NaN must stop at its own step
         if not math.isfinite(loss):
             checkpoints.wait()
             raise NonFiniteLossError(
@@ -117,7 +84,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
         progress.set_postfix(loss=f"{loss:.4f}")
         if step % config.train.log_every_steps == 0 or step == total_steps:
             elapsed = time.perf_counter() - window_start
-            scalars = {k: float(v) for k, v in metrics.items()}
+            scalars = {k: float(v) for k, v in step_metrics.items()}
             scalars["examples_per_s"] = window_examples / max(elapsed, 1e-9)
             scalars["epoch"] = step / steps_per_epoch
             log.write(step, scalars)
@@ -126,9 +93,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
         if epoch_end and (step // steps_per_epoch) % config.eval.every_epochs == 0:
             result = validate(state, data.val)
             log.write(step, {f"eval/{data.val_name}/{k}": v for k, v in result.items()})
-            if result["mAP@10"] > meta["best_map10"]:
+            improved = result["mAP@10"] > meta["best_map10"]
+            if improved:
                 meta = {**meta, "best_map10": result["mAP@10"], "best_step": step}
                 checkpoints.save_best(step, state, {**meta, "data_iterator": iterator.get_state()})
+            if jax.process_index() == 0:
+                progress.write(f"epoch {step // steps_per_epoch:3d}  step {step:6d}  loss {loss:.4f}  "
+                               f"{data.val_name} {data.val_split}: {metrics.format_line(result)}"
+                               + ("  (best)" if improved else ""))
         every = config.train.checkpoint_every_steps
         if epoch_end or step == total_steps or (every and step % every == 0):
             checkpoints.save_latest(step, state, {**meta, "epoch": step / steps_per_epoch,
@@ -145,27 +117,36 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
     log.write(step, {f"test/{data.test_name}/{k}": v for k, v in result.items() if isinstance(v, float)})
     log.close()
     checkpoints.close()
-    print(json.dumps({"test": result}, indent=2))
+    if jax.process_index() == 0:
+        print(f"test ({data.test_name} {data.test_split}, {which} checkpoint): {metrics.format_line(result)}"
+              f"  -> {workdir / f'results_{data.test_split}.json'}")
     return result
-
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, results); reused to resume.")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 ('auto': JAX detects).")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (default: env / cluster).")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (default: env / cluster).")
 
 
 def main(argv):
     del argv
-    # First, before any JAX computation; env vars and cluster detection: hybrid_jax/distributed.py.
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    config = FLAGS.config
-    workdir = FLAGS.workdir or config.get("workdir") or "workdirs/run"
+    from absl import flags
+    from ml_collections import config_flags
+
+    from hybrid_jax import cli
+
+    cli.quiet_terminal()
+    cli.initialize_distributed()  # first, before any JAX computation
+    config = flags.FLAGS.config
+    workdir = pathlib.Path(flags.FLAGS.workdir or config.get("workdir") or "workdirs/run")
+    log_file = cli.log_to_file(workdir / "logs" / f"train.{jax.process_index()}.log")
+    if jax.process_index() == 0:
+        print(f"training {config_flags.get_config_filename(flags.FLAGS['config'])} in {workdir} (logs: {log_file})")
     train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
+    from absl import app, flags
+
+    from hybrid_jax import cli
+
+    cli.define_config_flag()
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, results); reused to resume.")
+    cli.define_multihost_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from hybrid_jax import convert_bert
-from hybrid_jax.bert import BertConfig, BertEncoder, attention_with_dropout
+from hybrid_jax.convert import bert as convert_bert
+from hybrid_jax.models.bert import BertConfig, BertEncoder, attention_with_dropout
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
+import pytest
 from safetensors.numpy import load_file, save_file
 
-from hybrid_jax import convert_bert, pretrained, text, text_encoder, weights
-from hybrid_jax.bert import BertConfig, BertEncoder
+from hybrid_jax.convert import bert as convert_bert
+from hybrid_jax.convert import rules, weights
+from hybrid_jax.models import pretrained, text, text_encoder
+from hybrid_jax.models.bert import BertConfig, BertEncoder
 from tools import convert_bert as convert_tool
 
 SPECIALS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
@@ -95,11 +97,8 @@ def test_unknown_key_and_tensor_rules():
     with pytest.raises(KeyError):
         convert_bert.map_key("encoder.layer.0.attention.self.rotary.inv_freq")
     w = np.arange(6.0).reshape(3, 2)  # torch Linear: [out=3, in=2]
-    np.testing.assert_array_equal(convert_bert.linear_to_dense(w), w.T)
-    assert (
-        convert_bert.map_key("encoder.layer.0.output.dense.weight")[1]
-        is convert_bert.linear_to_dense
-    )
+    np.testing.assert_array_equal(rules.LINEAR_TO_DENSE.apply(w), w.T)
+    assert convert_bert.map_key("encoder.layer.0.output.dense.weight")[1] is rules.LINEAR_TO_DENSE
 
 
 def test_tool_and_public_api_match_the_reference(

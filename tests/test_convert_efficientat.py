@@ -5,12 +5,14 @@ import json
 import pathlib
 
 import numpy as np
+import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
 import pytest
 
-import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
-from hybrid_jax import convert_efficientat, pretrained, weights
-from hybrid_jax.convert_efficientat import ConversionError
-from hybrid_jax.state_dict import read_state_dict
+from hybrid_jax.convert import efficientat as convert_efficientat
+from hybrid_jax.convert import weights
+from hybrid_jax.convert.efficientat import ConversionError
+from hybrid_jax.convert.state_dict import read_state_dict
+from hybrid_jax.models import pretrained
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

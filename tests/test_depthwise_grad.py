@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import batch_sum, depthwise
+from hybrid_jax.backend import batch_sum, depthwise
 
 
 def native(x, kernel, stride):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import frontend
+from hybrid_jax.models import frontend
 
 MASKED = np.float32(frontend.NORM_SHIFT) / np.float32(frontend.NORM_SCALE)  # a masked bin, normalised
 

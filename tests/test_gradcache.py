@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_model import TINY_BERT, tiny_batch, tiny_model
 
 from hybrid_jax import gradcache, sharding, steps
-from hybrid_jax.model import AudioTower
-from test_model import TINY_BERT, tiny_batch, tiny_model
+from hybrid_jax.models.retrieval import AudioTower
+from hybrid_jax.state import TrainState
 
 K = 2  # sub-batches of the 4-pair tiny batch
 INITIAL = {"log_temperature": np.log(0.05), "siglip_log_scale": np.log(10.0), "siglip_bias": -10.0}
@@ -156,7 +157,7 @@ def test_train_step_with_sub_batches_equals_plain_step(loss):
     batch = tiny_batch()
     mesh = sharding.make_mesh((("data", 2), ("fsdp", 1)), jax.devices()[:2])
     params, stats = random_variables(model, batch)
-    state = steps.TrainState(step=np.int32(0), params=params, batch_stats=stats, opt_state=None,
+    state = TrainState(step=np.int32(0), params=params, batch_stats=stats, opt_state=None,
                              rng=np.asarray(jax.random.PRNGKey(1)))
     plain_params, plain_metrics = one_step(model, {}, state, batch, mesh)
     gc_params, gc_metrics = one_step(model, dict(microbatch_size=2, loss_impl="ring", mesh=mesh), state, batch, mesh)

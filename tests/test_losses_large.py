@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from hybrid_jax import fusion, losses, sharding
-from hybrid_jax.model import RetrievalModel
 from test_model import TINY_BERT
-from hybrid_jax.model import AudioSettings
+
+from hybrid_jax import losses, sharding
+from hybrid_jax.models import fusion
+from hybrid_jax.models.retrieval import AudioSettings, RetrievalModel
 
 B, D = 16, 6
 IDS = np.array([0, 1, 1, 2, 3, 4, 4, 4, 5, 6, 7, 8, 9, 9, 10, 11], np.int32)  # duplicates across devices

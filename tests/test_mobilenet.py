@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import audio_encoder, convert_efficientat, mobilenet
-from hybrid_jax.state_dict import read_state_dict
+from hybrid_jax.convert import efficientat as convert_efficientat
+from hybrid_jax.convert.state_dict import read_state_dict
+from hybrid_jax.models import audio_encoder, mobilenet
 
 # From EfficientAT's width table: prefix -> (width, stem, "in/expanded/out" of the 15 blocks,
 # last conv, head hidden, parameters with 527 classes).
@@ -219,7 +220,7 @@ def test_bfloat16_compute_keeps_float32_parameters(fixture_model):
 def test_train_mode_gradients_equal_across_conv_implementations(monkeypatch):
     """The CPU path's hand-written backward passes (shifted-sum depthwise, per-example pointwise
     kernel gradients) give the whole network's training gradients of the native convolutions."""
-    from hybrid_jax import batch_sum
+    from hybrid_jax.backend import batch_sum
 
     # Take the per-example loops everywhere (by default only large activations do).
     monkeypatch.setattr(batch_sum, "PER_EXAMPLE_MIN_BYTES", 0)

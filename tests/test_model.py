@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import fusion
-from hybrid_jax.bert import BertConfig
-from hybrid_jax.frontend import MelConfig
-from hybrid_jax.model import AudioSettings, PoolingSettings, RetrievalModel
+from hybrid_jax.models import fusion
+from hybrid_jax.models.bert import BertConfig
+from hybrid_jax.models.frontend import MelConfig
+from hybrid_jax.models.retrieval import AudioSettings, PoolingSettings, RetrievalModel
 from hybrid_jax.steps import loss_and_updates
 
 B, L, SR = 4, 8, 32000

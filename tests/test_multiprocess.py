@@ -18,15 +18,17 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from test_model import tiny_model  # as a script, tests/ is sys.path[0]
+from test_sharding import assert_same_state
 
 from configs import base
-from hybrid_jax import build, distributed, sharding, steps, train
-from hybrid_jax.bert import BertEncoder
+from hybrid_jax import distributed, sharding, steps
 from hybrid_jax.checkpointing import Checkpoints
 from hybrid_jax.data import pipeline
 from hybrid_jax.data.records import InMemorySplit
-from test_model import tiny_model  # as a script, tests/ is sys.path[0]
-from test_sharding import assert_same_state
+from hybrid_jax.models import build
+from hybrid_jax.models.bert import BertEncoder
+from hybrid_jax.state import TrainState, init_state
 
 HERE = pathlib.Path(__file__).resolve().parent
 GLOBAL_BATCH, NUM_STEPS, TOTAL_DEVICES, L, LR = 8, 3, 4, 8, 1e-4
@@ -74,7 +76,7 @@ def train_curve(mesh, checkpoint_dir):
     config = ml_collections.ConfigDict(
         {"train": {"seed": 0}, "mesh": {"rules": [tuple(r) for r in base.get_config().mesh.rules]}}
     )
-    state, state_shardings = train.init_state(built, tx, example, config, mesh)
+    state, state_shardings = init_state(built, tx, example, config, mesh)
     step = steps.jit_train_step(steps.make_train_step(model, tx, lambda s: LR), state_shardings, mesh)
     iterator, spec, losses = iter(loader), sharding.batch_sharding(mesh).spec, []
     for _ in range(NUM_STEPS):
@@ -185,7 +187,7 @@ def test_two_processes_match_one_process(tmp_path):
                                                         process_count=1).batch(0).items()}
     variables = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, example, train=False))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    like = steps.TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=variables["params"],
+    like = TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=variables["params"],
                             batch_stats=variables["batch_stats"],
                             opt_state=jax.eval_shape(tx.init, variables["params"]),
                             rng=jax.ShapeDtypeStruct((2,), np.uint32))

@@ -4,12 +4,19 @@ import json
 import jax
 import numpy as np
 import pytest
-from dataset_files import CLOTHO_CAPTION_HEADER, CLOTHO_METADATA_HEADER, clotho_metadata, fake_tokenize, write_audio, write_csv
+from dataset_files import (
+    CLOTHO_CAPTION_HEADER,
+    CLOTHO_METADATA_HEADER,
+    clotho_metadata,
+    fake_tokenize,
+    write_audio,
+    write_csv,
+)
 from jax.sharding import PartitionSpec
 
-from hybrid_jax.data import preparation
 from hybrid_jax.data.eval_data import eval_data
 from hybrid_jax.data.pipeline import TrainLoader, to_global
+from hybrid_jax.data.prepare import preparation
 from hybrid_jax.data.records import CachedSplit, ConcatSplit, InMemorySplit, open_split
 
 RATE = 32000
@@ -227,7 +234,7 @@ def test_tfds_path_matches_prepared_audio(tmp_path):
 
 
 def test_real_tokenizer_on_minilm_vocab(data):
-    text = pytest.importorskip("hybrid_jax.text")
+    text = pytest.importorskip("hybrid_jax.models.text")
     try:
         tokenizer = text.Tokenizer.from_pretrained(text.minilm_package_dir())
     except (ModuleNotFoundError, FileNotFoundError) as e:  # the optional package may be absent

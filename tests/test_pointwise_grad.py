@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_jax import batch_sum, pointwise
+from hybrid_jax.backend import batch_sum, pointwise
 
 
 @pytest.mark.parametrize("per_example", [True, False])

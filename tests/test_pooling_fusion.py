@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_jax import fusion
-from hybrid_jax.pooling import PoolingTransformer
+from hybrid_jax.models import fusion
+from hybrid_jax.models.pooling import PoolingTransformer
 
 
 def test_padding_tokens_do_not_change_the_output():

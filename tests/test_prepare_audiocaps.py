@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from dataset_files import write_audio, write_csv
 
-from hybrid_jax.data import csv_io, preparation
+from hybrid_jax.data import csv_io
+from hybrid_jax.data.prepare import preparation
 from hybrid_jax.data.records import open_split
 
 HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]

@@ -1,5 +1,6 @@
 """Clotho preparation from both real layouts, every bad-input case in the report, interrupted runs."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from dataset_files import (
     write_csv,
 )
 
-from hybrid_jax.data import preparation
+from hybrid_jax.data.prepare import preparation
 from hybrid_jax.data.records import open_split
 
 SPLIT_DIRS = {"train": "development", "validation": "validation", "test": "evaluation"}
@@ -122,7 +123,8 @@ def test_fresh_process_reads_with_tfds_data_source(zenodo):
         f"src = tfds.data_source('clotho', data_dir={str(out)!r}, split='test', download=False);"
         "ex = src[0]; print(len(src), ex['file_name'].decode(), ex['audio'].dtype, ex['num_samples'])"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["1", "e1.wav", "int16", "32000"]
 
@@ -159,7 +161,7 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_finishes(tmp_pa
     # A hard kill (no cleanup handlers) in the middle of writing the first split.
     code = (
         "import os, sys\n"
-        "from hybrid_jax.data import builder, preparation\n"
+        "from hybrid_jax.data.prepare import builder, preparation\n"
         "calls = []\n"
         "original = builder.CaptionAudioBuilder._decode\n"
         "def dying(self, item):\n"
@@ -169,7 +171,8 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_finishes(tmp_pa
         "builder.CaptionAudioBuilder._decode = dying\n"
         f"preparation.prepare('clotho', {str(small_source)!r}, {str(out)!r}, decode_threads=1)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 9, result.stderr[-2000:]
     assert preparation.leftover_incomplete("clotho", out)  # TFDS's temp dir survived the kill
     assert not (out / "clotho" / "1.0.0").exists()
@@ -185,7 +188,7 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_finishes(tmp_pa
 
 
 def test_interrupt_then_rerun_and_report_restore(tmp_path, small_source, monkeypatch):
-    from hybrid_jax.data import builder
+    from hybrid_jax.data.prepare import builder
 
     out = tmp_path / "out"
     original = builder.CaptionAudioBuilder._decode

@@ -2,9 +2,9 @@
 import pytest
 from dataset_files import write_audio, write_csv, write_json
 
-from hybrid_jax.data import preparation
+from hybrid_jax.data.prepare import preparation
+from hybrid_jax.data.prepare.wavcaps import load_blacklist
 from hybrid_jax.data.records import open_split
-from hybrid_jax.data.wavcaps import load_blacklist
 
 
 def entry(sound_id, caption="A dog barks twice.", tags=("dog", "Bark"), **extra):
@@ -87,7 +87,7 @@ def test_blacklist_formats(tmp_path):
 def test_split_with_no_usable_audio_fails_with_a_report(tmp_path):
     import json
 
-    from hybrid_jax.data.builder import NoUsableExamples
+    from hybrid_jax.data.prepare.builder import NoUsableExamples
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "1.flac").write_bytes(b"not audio")

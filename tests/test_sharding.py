@@ -6,11 +6,12 @@ import jax
 import numpy as np
 import optax
 import pytest
+from test_model import tiny_model
 
 from configs import base
 from hybrid_jax import sharding, steps
 from hybrid_jax.checkpointing import Checkpoints
-from test_model import tiny_model
+from hybrid_jax.state import TrainState
 
 B, L, SR = 8, 8, 32000
 LR = 1e-4
@@ -57,7 +58,7 @@ def host_state():
     # optimizer state for the rules to shard.
     tx = optax.sgd(LR, momentum=0.9)
     params, rng = variables["params"], np.asarray(jax.random.PRNGKey(17))
-    state = steps.TrainState(step=np.int32(0), params=params, batch_stats=variables["batch_stats"],
+    state = TrainState(step=np.int32(0), params=params, batch_stats=variables["batch_stats"],
                              opt_state=jax.device_get(tx.init(params)), rng=rng)
     return model, tx, state
 

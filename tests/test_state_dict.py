@@ -4,10 +4,14 @@ import zipfile
 
 import ml_dtypes
 import numpy as np
+import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
 import pytest
 
-import pt_writer as torch_format  # tests/pt_writer.py: torch.save-format writer without torch
-from hybrid_jax.state_dict import CheckpointError, UnsafeCheckpointError, read_state_dict
+from hybrid_jax.convert.state_dict import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    read_state_dict,
+)
 
 
 @pytest.fixture(scope="module")

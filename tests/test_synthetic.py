@@ -1,8 +1,9 @@
-"""Tests for the synthetic ClothoV2.1-layout dataset (hybrid_jax.data.synthetic)."""
+"""Tests for the synthetic ClothoV2.1-layout dataset (hybrid_jax.data.synthetic.dataset)."""
 
 import csv
 import hashlib
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -12,7 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hybrid_jax.data import synth_metadata, synth_sounds, synth_text, synthetic
+from hybrid_jax.data.synthetic import dataset as synthetic
+from hybrid_jax.data.synthetic import metadata as synth_metadata
+from hybrid_jax.data.synthetic import sounds as synth_sounds
+from hybrid_jax.data.synthetic import text as synth_text
 
 CLIPS = {"development": 8, "validation": 6, "evaluation": 6}
 SECONDS = (3.0, 5.0)
@@ -295,6 +299,7 @@ def test_cli(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),  # this checkout, whatever is installed
     )
     summary = json.loads(result.stdout)
     assert summary["clips"] == {"development": 2, "validation": 1, "evaluation": 1}

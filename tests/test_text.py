@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hybrid_jax import text
+from hybrid_jax.models import text
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hybrid_jax import audio_encoder, frontend, mobilenet  # noqa: E402
+from hybrid_jax.models import audio_encoder, frontend, mobilenet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -71,8 +71,8 @@ def main(args: argparse.Namespace) -> None:
     if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in _MALLOC.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC})
 
-    from hybrid_jax.data import preparation
     from hybrid_jax.data.pipeline import TrainLoader
+    from hybrid_jax.data.prepare import preparation
     from hybrid_jax.data.records import CachedSplit, open_split
 
     with tempfile.TemporaryDirectory() as tmp:

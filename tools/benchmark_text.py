@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_jax import convert_bert, text
-from hybrid_jax.bert import BertConfig, BertEncoder
+from hybrid_jax.convert import bert as convert_bert
+from hybrid_jax.models import text
+from hybrid_jax.models.bert import BertConfig, BertEncoder
 
 SHAPES = {  # HF configs of the published checkpoints (the fields BertConfig reads)
     "base": dict(

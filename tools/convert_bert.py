@@ -8,7 +8,7 @@
 
 SRC holds config.json, model.safetensors or pytorch_model.bin (read without torch) and the
 tokenizer files; DST gets variables.safetensors, config.json and the tokenizer files, loadable with
-``hybrid_jax.pretrained.load_text_encoder(DST)``.
+``hybrid_jax.models.pretrained.load_text_encoder(DST)``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hybrid_jax import convert_bert
+from hybrid_jax.convert import bert as convert_bert
 
 
 def main(argv: list[str] | None = None) -> int:

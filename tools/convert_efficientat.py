@@ -5,18 +5,16 @@
 
 Without --model or --width the width is inferred from the tensor shapes; --model also sets the
 front end of the hop/mel variants (e.g. mn10_as_hop_5). Load the result with
-``hybrid_jax.pretrained.load_audio_encoder(DST)``.
+``hybrid_jax.models.pretrained.load_audio_encoder(DST)``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hybrid_jax import convert_efficientat  # noqa: E402
-from hybrid_jax.state_dict import CheckpointError  # noqa: E402
+from hybrid_jax.convert import efficientat as convert_efficientat
+from hybrid_jax.convert.state_dict import CheckpointError
 
 
 def main(argv=None) -> int:

@@ -6,13 +6,9 @@
 
 import argparse
 import json
-import pathlib
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout too
-
-from hybrid_jax.data import synthetic  # noqa: E402
+from hybrid_jax.data.synthetic import dataset as synthetic
 
 
 def _counts(text: str) -> dict[str, int]:

@@ -21,24 +21,26 @@ import copy
 import csv
 import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run as a script from the repo
+import jax
+from absl import app, flags, logging
 
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from hybrid_jax import benchmark, distributed, train  # noqa: E402  (train defines --config)
+from hybrid_jax import benchmark, cli, train
 
 METRICS = ("mAP@10", "R@1", "R@5", "R@10")
 FLAGS = flags.FLAGS
-flags.DEFINE_list("batch-sizes", ["8", "16", "32"], "Global batch sizes to sweep.")
-flags.DEFINE_integer("max-steps", 0, "Training steps per size (0: the config's epochs).")
-flags.DEFINE_integer("num-epochs", None, "Override config.train.num_epochs (same epochs per size).")
-flags.DEFINE_integer("microbatch-size", 0, "GradCache sub-batch for sizes above it (0: off).")
-flags.DEFINE_integer("bench-steps", 5, "Timed benchmark steps per size (0: no benchmark).")
-flags.DEFINE_integer("bench-warmup", 1, "Untimed benchmark steps after compilation.")
-flags.DEFINE_string("out", "workdirs/scaling_sweep", "Output directory.")
+
+
+def define_flags() -> None:
+    cli.define_config_flag()
+    flags.DEFINE_list("batch-sizes", ["8", "16", "32"], "Global batch sizes to sweep.")
+    flags.DEFINE_integer("max-steps", 0, "Training steps per size (0: the config's epochs).")
+    flags.DEFINE_integer("num-epochs", None, "Override config.train.num_epochs (same epochs per size).")
+    flags.DEFINE_integer("microbatch-size", 0, "GradCache sub-batch for sizes above it (0: off).")
+    flags.DEFINE_integer("bench-steps", 5, "Timed benchmark steps per size (0: no benchmark).")
+    flags.DEFINE_integer("bench-warmup", 1, "Untimed benchmark steps after compilation.")
+    flags.DEFINE_string("out", "workdirs/scaling_sweep", "Output directory.")
+    cli.define_multihost_flags()
 
 
 def sized_config(config, batch_size: int, max_steps: int, num_epochs, microbatch_size: int):
@@ -151,9 +153,11 @@ def plot(rows: list[dict], out: pathlib.Path, title: str) -> None:
 
 def main(argv):
     del argv
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    cli.quiet_terminal()
+    cli.initialize_distributed()
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
+    cli.log_to_file(out / "logs" / f"scaling_sweep.{jax.process_index()}.log")
     # Training and the benchmark compile the same step: the second compile becomes a cache read.
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str((out / "xla_cache").absolute()))
@@ -175,5 +179,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -8,7 +8,13 @@ import jax
 import numpy as np
 
 from hybrid_jax.data.audio_io import SAMPLE_RATE
-from hybrid_jax.data.pipeline import METADATA_KINDS, Tokenize, Tokens, fill_audio, metadata_texts
+from hybrid_jax.data.pipeline import (
+    METADATA_KINDS,
+    Tokenize,
+    Tokens,
+    fill_audio,
+    metadata_texts,
+)
 from hybrid_jax.data.records import SplitData
 
 

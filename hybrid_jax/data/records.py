@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import decode as tfds_decode
 
-import hybrid_jax.data.preparation  # noqa: F401 - registers the builders with TFDS
+import hybrid_jax.data.prepare.preparation  # noqa: F401 - registers the builders with TFDS
 
 
 class SplitData(Protocol):

@@ -4,9 +4,14 @@ from __future__ import annotations
 import pathlib
 
 from hybrid_jax.data import csv_io
-from hybrid_jax.data.builder import CaptionAudioBuilder, Item, SplitPlan, split_keywords
-from hybrid_jax.data.file_index import AudioFiles
-from hybrid_jax.data.report import SplitReport
+from hybrid_jax.data.prepare.builder import (
+    CaptionAudioBuilder,
+    Item,
+    SplitPlan,
+    split_keywords,
+)
+from hybrid_jax.data.prepare.file_index import AudioFiles
+from hybrid_jax.data.prepare.report import SplitReport
 
 # TFDS split -> the name Clotho uses in its archive, folder and CSV names.
 SPLITS = {"train": "development", "validation": "validation", "test": "evaluation"}

@@ -6,9 +6,9 @@ import pathlib
 import re
 
 from hybrid_jax.data import csv_io
-from hybrid_jax.data.builder import CaptionAudioBuilder, Item, SplitPlan
-from hybrid_jax.data.file_index import AudioFiles
-from hybrid_jax.data.report import SplitReport
+from hybrid_jax.data.prepare.builder import CaptionAudioBuilder, Item, SplitPlan
+from hybrid_jax.data.prepare.file_index import AudioFiles
+from hybrid_jax.data.prepare.report import SplitReport
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 # Where the CSVs live in the common layouts, in order of preference (v1 before v2: the paper's).

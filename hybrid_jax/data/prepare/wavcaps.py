@@ -5,9 +5,9 @@ import json
 import pathlib
 
 from hybrid_jax.data import csv_io
-from hybrid_jax.data.builder import CaptionAudioBuilder, Item, SplitPlan
-from hybrid_jax.data.file_index import AudioFiles
-from hybrid_jax.data.report import SplitReport
+from hybrid_jax.data.prepare.builder import CaptionAudioBuilder, Item, SplitPlan
+from hybrid_jax.data.prepare.file_index import AudioFiles
+from hybrid_jax.data.prepare.report import SplitReport
 
 JSON_NAMES = ("fsd_final.json", "fsd_final_2s.json")  # the current name first, then the 2023 one
 

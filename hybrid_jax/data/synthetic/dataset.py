@@ -1,6 +1,6 @@
 """Offline synthetic dataset in the exact on-disk layout of ClothoV2.1 (the demo's default data).
 
-    from hybrid_jax.data import synthetic
+    from hybrid_jax.data.synthetic import dataset as synthetic
     summary = synthetic.generate("data/synthetic_clotho", seed=0)
 
 writes, like the raw Zenodo layout of Clotho v2.1:
@@ -25,7 +25,10 @@ import shutil
 import numpy as np
 import soundfile as sf
 
-from hybrid_jax.data import synth_dsp, synth_metadata, synth_sounds, synth_text
+from hybrid_jax.data.synthetic import dsp as synth_dsp
+from hybrid_jax.data.synthetic import metadata as synth_metadata
+from hybrid_jax.data.synthetic import sounds as synth_sounds
+from hybrid_jax.data.synthetic import text as synth_text
 
 SPLITS = ("development", "validation", "evaluation")
 DEFAULT_CLIPS_PER_SPLIT = {"development": 400, "validation": 64, "evaluation": 64}
@@ -242,7 +245,7 @@ def _prepare_target(out: pathlib.Path, overwrite: bool) -> None:
 def _readme(seed, counts, seconds, clip_seconds) -> str:
     classes = "\n".join(f"  - {c}" for c in synth_sounds.CLASS_NAMES)
     lines = [f"  {s}: {counts[s]} clips, {seconds[s] / 60:.1f} min" for s in SPLITS]
-    return f"""Synthetic ClothoV2.1-style dataset (hybrid_jax.data.synthetic, seed {seed})
+    return f"""Synthetic ClothoV2.1-style dataset (hybrid_jax.data.synthetic.dataset, seed {seed})
 
 Procedurally generated, offline, deterministic for a seed: the same seed gives byte-identical files.
 Layout and formats follow the raw Zenodo ClothoV2.1 release:

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_jax import depthwise as depthwise_conv
-from hybrid_jax import pointwise
+from hybrid_jax.backend import depthwise as depthwise_conv
+from hybrid_jax.backend import pointwise
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # Flax convention; PyTorch's momentum 0.01

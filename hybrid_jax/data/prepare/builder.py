@@ -19,7 +19,7 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from hybrid_jax.data import audio_io
-from hybrid_jax.data.report import SplitReport, build_report, check_reconciled
+from hybrid_jax.data.prepare.report import SplitReport, build_report, check_reconciled
 
 # TFDS compresses array_record with zstd, which caps reading at ~300 30-s clips/s on these
 # machines; int16 audio barely compresses, so the shards are rewritten uncompressed (~600-1,200/s).

@@ -8,8 +8,10 @@ from typing import Callable
 from absl import logging
 from ml_collections import ConfigDict
 
-from hybrid_jax.data import eval_data, pipeline, preparation, records, synthetic
+from hybrid_jax.data import eval_data, pipeline, records
 from hybrid_jax.data.eval_data import EvalData
+from hybrid_jax.data.prepare import preparation
+from hybrid_jax.data.synthetic import dataset as synthetic
 
 
 @dataclasses.dataclass
@@ -20,6 +22,7 @@ class Datasets:
     val_name: str
     test_name: str
     test_split: str
+    val_split: str = "validation"
     to_global: Callable = staticmethod(pipeline.to_global)
 
 
@@ -75,7 +78,7 @@ def open_datasets(config: ConfigDict, tokenize: Callable) -> Datasets:
     )
     eval_name, val = open_eval_split(config, tokenize, d.val_split)
     _, test = open_eval_split(config, tokenize, d.test_split)
-    return Datasets(loader, val, test, eval_name, eval_name, d.test_split)
+    return Datasets(loader, val, test, eval_name, eval_name, d.test_split, d.val_split)
 
 
 def open_eval_split(config: ConfigDict, tokenize: Callable, split: str) -> tuple[str, EvalData]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import string
 from typing import Sequence
@@ -52,6 +53,9 @@ class Tokenizer:
         ``vocab.txt`` too; ``BertTokenizer(vocab_file=...)`` is avoided on purpose: transformers 5
         ignores that keyword and maps every word to [UNK].
         """
+        # transformers serves only the tokenizer here; torch is absent on purpose, so its advice
+        # that "PyTorch was not found" is noise.
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         import transformers  # imported here: a few seconds, and only needed to load
 
         if pathlib.Path(source).exists() and not pathlib.Path(source).is_dir():

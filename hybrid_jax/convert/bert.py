@@ -15,15 +15,16 @@ import dataclasses
 import json
 import pathlib
 import shutil
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hybrid_jax import weights
-from hybrid_jax.bert import BertConfig, BertEncoder
+from hybrid_jax.convert import weights
+from hybrid_jax.convert.rules import COPY, LINEAR_TO_DENSE, ConversionError, TensorRule
+from hybrid_jax.models.bert import BertConfig, BertEncoder
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = (
@@ -38,24 +39,15 @@ SKIPPED = ("embeddings.position_ids",)  # a registered buffer (arange), not a we
 LINEAR_MODULES = ("query", "key", "value", "dense")
 
 
-def linear_to_dense(w: np.ndarray) -> np.ndarray:
-    """torch ``Linear.weight`` [out, in] -> Flax ``Dense.kernel`` [in, out]."""
-    return np.ascontiguousarray(w.T)
-
-
-def keep(w: np.ndarray) -> np.ndarray:
-    return w
-
-
 # (module kind, HF parameter name) -> (Flax leaf name, tensor rule).
-LEAF_RULES: dict[tuple[str, str], tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
-    ("linear", "weight"): ("kernel", linear_to_dense),
-    ("linear", "bias"): ("bias", keep),
-    ("layer_norm", "weight"): ("scale", keep),
-    ("layer_norm", "gamma"): ("scale", keep),  # names from the TF-era conversions
-    ("layer_norm", "bias"): ("bias", keep),
-    ("layer_norm", "beta"): ("bias", keep),
-    ("embedding", "weight"): ("embedding", keep),
+LEAF_RULES: dict[tuple[str, str], tuple[str, TensorRule]] = {
+    ("linear", "weight"): ("kernel", LINEAR_TO_DENSE),
+    ("linear", "bias"): ("bias", COPY),
+    ("layer_norm", "weight"): ("scale", COPY),
+    ("layer_norm", "gamma"): ("scale", COPY),  # names from the TF-era conversions
+    ("layer_norm", "bias"): ("bias", COPY),
+    ("layer_norm", "beta"): ("bias", COPY),
+    ("embedding", "weight"): ("embedding", COPY),
 }
 
 
@@ -69,7 +61,7 @@ def _module_kind(name: str) -> str:
     return name
 
 
-def map_key(key: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+def map_key(key: str) -> tuple[str, TensorRule]:
     """A BertModel-scope HF key -> (Flax variable path, tensor rule); KeyError if it has none."""
     *modules, param = key.split(".")
     path: list[str] = []
@@ -121,7 +113,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BertConfig)
         if path in converted:
             unexpected.append(f"{key} (duplicates {sources[path]})")
             continue
-        converted[path] = rule(np.asarray(tensor, dtype=np.float32))
+        converted[path] = rule.apply(tensor)
         sources[path] = key
 
     has_pooler = any(p.startswith("params/pooler/") for p in converted)
@@ -136,7 +128,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BertConfig)
         if p in shapes and converted[p].shape != shapes[p]
     ]
     if problems:
-        raise ValueError(
+        raise ConversionError(
             f"checkpoint does not match the BERT config ({len(problems)} problems):\n  "
             + "\n  ".join(problems)
         )
@@ -145,7 +137,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BertConfig)
 
 def read_checkpoint(directory: pathlib.Path) -> dict[str, np.ndarray]:
     """The first of ``WEIGHT_FILES`` in a HF model folder -> {key: array}, without torch."""
-    from hybrid_jax import state_dict  # the shared safe reader (safetensors and torch files)
+    from hybrid_jax.convert import (
+        state_dict,  # the shared safe reader (safetensors and torch files)
+    )
 
     for name in WEIGHT_FILES:
         if (directory / name).is_file():

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_jax import weights
-from hybrid_jax.bert import BertConfig, BertEncoder
-from hybrid_jax.text import MAX_LENGTH, Tokenizer
+from hybrid_jax.convert import weights
+from hybrid_jax.models.bert import BertConfig, BertEncoder
+from hybrid_jax.models.text import MAX_LENGTH, Tokenizer
 
 
 class TextEncoder:

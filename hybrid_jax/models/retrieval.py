@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from hybrid_jax import frontend, fusion
-from hybrid_jax.bert import BertConfig, BertEncoder
-from hybrid_jax.mobilenet import MobileNetV3
-from hybrid_jax.pooling import PoolingTransformer
+from hybrid_jax.models import frontend, fusion
+from hybrid_jax.models.bert import BertConfig, BertEncoder
+from hybrid_jax.models.mobilenet import MobileNetV3
+from hybrid_jax.models.pooling import PoolingTransformer
 
 # One MobileNetV3 token covers 32 mel frames of 320 samples (efficientat.md, section 2.7).
 SAMPLES_PER_TOKEN = 32 * 320

@@ -1,10 +1,9 @@
 """Transformer pooling of the audio token sequence into one vector via a global token."""
 from __future__ import annotations
 
-import numpy as np
-import jax
-import jax.numpy as jnp
 import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import io
 import pathlib
 import pickle
 import zipfile
-from typing import Any, Optional
+from typing import Any
 
 import ml_dtypes
 import numpy as np

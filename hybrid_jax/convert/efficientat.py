@@ -13,9 +13,18 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from hybrid_jax import mobilenet, weights
-from hybrid_jax.frontend import MelConfig
-from hybrid_jax.state_dict import read_state_dict
+from hybrid_jax.convert import weights
+from hybrid_jax.convert.rules import (
+    CONV_OIHW_TO_HWIO,
+    COPY,
+    DEPTHWISE_OIHW_TO_HWIO,
+    LINEAR_TO_DENSE,
+    ConversionError,
+    TensorRule,
+)
+from hybrid_jax.convert.state_dict import read_state_dict
+from hybrid_jax.models import mobilenet
+from hybrid_jax.models.frontend import MelConfig
 
 WIDTHS = {"mn01": 0.1, "mn02": 0.2, "mn04": 0.4, "mn05": 0.5, "mn06": 0.6, "mn08": 0.8, "mn10": 1.0,
           "mn12": 1.2, "mn14": 1.4, "mn16": 1.6, "mn20": 2.0, "mn30": 3.0, "mn40": 4.0}
@@ -33,28 +42,6 @@ HOP_RELEASES = {"mn10_as_hop_5": 160, "mn10_as_hop_15": 480, "mn10_as_hop_20": 6
 MEL_RELEASES = {"mn10_as_mels_40": 40, "mn10_as_mels_64": 64, "mn10_as_mels_256": 256}
 IGNORED_SUFFIX = ".num_batches_tracked"
 
-
-class ConversionError(ValueError):
-    """The state dict does not fit the configured network; the message lists every problem."""
-
-
-class TensorRule(NamedTuple):
-    """A named layout change from a PyTorch tensor to its Flax counterpart (an axis permutation)."""
-
-    name: str
-    axes: Optional[tuple[int, ...]]  # None keeps the layout
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        array = np.asarray(array, np.float32)
-        return np.ascontiguousarray(array if self.axes is None else array.transpose(self.axes))
-
-
-COPY = TensorRule("copy", None)
-CONV_OIHW_TO_HWIO = TensorRule("conv_oihw_to_hwio", (2, 3, 1, 0))
-# [C, 1, k, k] -> [k, k, 1, C]; the groups come from the layer type, never from the shape (the stem
-# weight of mn40 has the same shape as a depthwise one).
-DEPTHWISE_OIHW_TO_HWIO = TensorRule("depthwise_oihw_to_hwio", (2, 3, 1, 0))
-LINEAR_TO_DENSE = TensorRule("linear_to_dense", (1, 0))
 
 BN_RENAMES = {
     "weight": ("params", "scale"),

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_jax import frontend, mobilenet, weights
+from hybrid_jax.convert import weights
+from hybrid_jax.models import frontend, mobilenet
 
 SAMPLE_RATE = 32000
 

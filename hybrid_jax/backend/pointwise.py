@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hybrid_jax import batch_sum
+from hybrid_jax.backend import batch_sum
 
 
 @jax.custom_vjp

@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from hybrid_jax.data import synth_dsp as dsp
+from hybrid_jax.data.synthetic import dsp
 
 # (rng, n_samples, sample_rate) -> float32 [n_samples], scaled by `synth_dsp.normalise`.
 Synth = Callable[[np.random.Generator, int, int], np.ndarray]

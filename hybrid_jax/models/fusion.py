@@ -1,9 +1,9 @@
 """Audio-metadata fusion: late fusion, mid-level (MMT-style) experts, and their similarity."""
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 FUSION_MODES = ("none", "late", "mid", "metadata_only")
 

@@ -3,7 +3,7 @@
 import urllib.parse
 from typing import Sequence
 
-from hybrid_jax.data.synth_text import BACKGROUND_NOUNS, VOCAB, Event, pick
+from hybrid_jax.data.synthetic.text import BACKGROUND_NOUNS, VOCAB, Event, pick
 
 _RECORDERS = (
     "zoom-h4n",

@@ -1,6 +1,8 @@
 """prepare(dataset, source, data_dir): build a dataset once, resumably, and write its report."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pathlib
 import shutil
@@ -8,12 +10,17 @@ import tempfile
 from typing import Any
 
 import tensorflow_datasets as tfds
+from absl import logging
 
-from hybrid_jax.data.audiocaps import Audiocaps
-from hybrid_jax.data.builder import NoUsableExamples
-from hybrid_jax.data.clotho import Clotho
-from hybrid_jax.data.report import REPORT_NAME, check_reconciled, write_json_atomic
-from hybrid_jax.data.wavcaps import WavcapsFreesound
+from hybrid_jax.data.prepare.audiocaps import Audiocaps
+from hybrid_jax.data.prepare.builder import NoUsableExamples
+from hybrid_jax.data.prepare.clotho import Clotho
+from hybrid_jax.data.prepare.report import (
+    REPORT_NAME,
+    check_reconciled,
+    write_json_atomic,
+)
+from hybrid_jax.data.prepare.wavcaps import WavcapsFreesound
 
 BUILDERS = {cls.name: cls for cls in (Clotho, Audiocaps, WavcapsFreesound)}
 
@@ -82,7 +89,9 @@ def prepare(
         builder = BUILDERS[dataset](data_dir=os.fspath(data_dir), file_format="array_record", **options)
     tfds.disable_progress_bar()  # the builders show one bar per split with a known total
     try:
-        with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep OUT clean
+        # Nothing is downloaded (keep OUT clean); TFDS prints "Downloading and preparing..." to
+        # stdout unconditionally: it goes to the log instead, our progress bars and report stay.
+        with tempfile.TemporaryDirectory() as downloads, contextlib.redirect_stdout(io.StringIO()) as said:
             builder.download_and_prepare(
                 download_dir=downloads,
                 file_format="array_record",
@@ -92,6 +101,8 @@ def prepare(
         # Nothing usable was written, but the user needs the reasons: the report has them.
         write_json_atomic(out_report, {**e.report, "status": f"failed: {e}"})
         raise
+    for line in said.getvalue().splitlines():
+        logging.info("tfds: %s", line)
     report = dict(builder.info.metadata["report"])
     report["status"] = "prepared"
     if removed:

@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from hybrid_jax import batch_sum
+from hybrid_jax.backend import batch_sum
 
 
 def _out_size(size: int, k: int, stride: int) -> int:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hybrid_jax import frontend, pretrained, text
-from hybrid_jax import text_encoder as text_encoder_lib
-from hybrid_jax.model import AudioSettings, PoolingSettings, RetrievalModel
+from hybrid_jax.models import frontend, pretrained, text
+from hybrid_jax.models import text_encoder as text_encoder_lib
+from hybrid_jax.models.retrieval import AudioSettings, PoolingSettings, RetrievalModel
 
 MINILM = "minilm"  # config.model.text.checkpoint value for the packaged offline MiniLM
 
@@ -39,7 +39,7 @@ def text_checkpoint_dir(path: str) -> pathlib.Path:
     """The converted BERT directory; "minilm" converts the packaged MiniLM once into a cache."""
     if path != MINILM:
         return _require_dir(path, "text (config.model.text.checkpoint)")
-    from hybrid_jax import convert_bert
+    from hybrid_jax.convert import bert as convert_bert
 
     cache_root = os.environ.get("HYBRID_JAX_CACHE") or pathlib.Path.home() / ".cache" / "hybrid_jax"
     cache = pathlib.Path(cache_root) / "minilm"
@@ -53,7 +53,7 @@ class Built:
     """The model plus what is needed to initialise it from pretrained towers."""
 
     model: RetrievalModel
-    tokenizer: Any  # hybrid_jax.text.Tokenizer
+    tokenizer: Any  # hybrid_jax.models.text.Tokenizer
     audio_variables: dict | None  # converted MobileNetV3 variables (None: random init)
     text_variables: dict  # converted BERT variables
 

@@ -1,0 +1,1 @@
+"""The offline synthetic ClothoV2.1-layout dataset of the demo (procedural sounds, captions, keywords)."""
