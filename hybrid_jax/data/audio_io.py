@@ -10,7 +10,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 32_000
+from hybrid_jax.schema import SAMPLE_RATE
+
 # Formats libsndfile (>= 1.1) decodes; anything else on disk is not audio to us.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from hybrid_jax.data.audio_io import SAMPLE_RATE
 from hybrid_jax.data.pipeline import (
     METADATA_KINDS,
     Tokenize,
@@ -16,6 +15,7 @@ from hybrid_jax.data.pipeline import (
     metadata_texts,
 )
 from hybrid_jax.data.records import SplitData
+from hybrid_jax.schema import SAMPLE_RATE
 
 
 @dataclasses.dataclass

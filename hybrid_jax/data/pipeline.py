@@ -10,8 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hybrid_jax.data.audio_io import SAMPLE_RATE
 from hybrid_jax.data.records import SplitData
+from hybrid_jax.schema import SAMPLE_RATE
 
 Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
 METADATA_KINDS = ("keywords", "labels", "caption", "none")

@@ -11,8 +11,7 @@ import numpy as np
 
 from hybrid_jax.convert import weights
 from hybrid_jax.models import frontend, mobilenet
-
-SAMPLE_RATE = 32000
+from hybrid_jax.schema import SAMPLE_RATE
 
 
 def resolve_eval_chunk(eval_chunk: int | str) -> int:

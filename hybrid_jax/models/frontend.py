@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_jax.schema import SAMPLE_RATE
+
 PREEMPHASIS = 0.97
 LOG_OFFSET = 1e-5
 # EfficientAT's fixed normalisation of the log-mel: (x + 4.5) / 5.
@@ -19,7 +21,7 @@ NORM_SCALE = 5.0
 class MelConfig:
     """Front-end settings; the defaults are those of every released plain ``mn*`` checkpoint."""
 
-    sample_rate: int = 32000
+    sample_rate: int = SAMPLE_RATE
     n_mels: int = 128
     n_fft: int = 1024
     win_length: int = 800

@@ -20,6 +20,7 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from hybrid_jax.data import audio_io
 from hybrid_jax.data.prepare.report import SplitReport, build_report, check_reconciled
+from hybrid_jax.schema import SAMPLE_RATE
 
 # TFDS compresses array_record with zstd, which caps reading at ~300 30-s clips/s on these
 # machines; int16 audio barely compresses, so the shards are rewritten uncompressed (~600-1,200/s).
@@ -166,7 +167,7 @@ class CaptionAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             if isinstance(result, str):
                 report.reject(str(item.path), result)
                 continue
-            if result.source_rate != audio_io.SAMPLE_RATE:
+            if result.source_rate != SAMPLE_RATE:
                 report.conversions[f"resampled from {result.source_rate} Hz"] += 1
             if result.source_channels > 1:
                 report.conversions[f"downmixed from {result.source_channels} channels"] += 1
@@ -218,7 +219,7 @@ class CaptionAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             index=index,
             report=report,
             options=self.options,
-            sample_rate=audio_io.SAMPLE_RATE,
+            sample_rate=SAMPLE_RATE,
             keyword_kind=self.KEYWORD_KIND,
         )
 
