@@ -46,12 +46,27 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
+def save_variables(directory: str | pathlib.Path, variables: Mapping[str, Any]) -> pathlib.Path:
+    """Writes ``variables`` (host or device arrays) as ``directory/variables.safetensors``, float32."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    flat = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flatten(variables).items()}
+    save_file(flat, str(directory / VARIABLES_FILE))
+    return directory / VARIABLES_FILE
+
+
+def load_variables(directory: str | pathlib.Path) -> dict[str, Any]:
+    """Reads ``directory/variables.safetensors`` back into a nested dict; names a missing file."""
+    path = pathlib.Path(directory) / VARIABLES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    return unflatten(load_file(str(path)))
+
+
 def save(directory: str | pathlib.Path, variables: Mapping[str, Any], config: Mapping[str, Any]) -> None:
     """Writes ``variables`` and ``config`` into ``directory`` (created if needed)."""
     directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    flat = {k: np.ascontiguousarray(v) for k, v in flatten(variables).items()}
-    save_file(flat, str(directory / VARIABLES_FILE))
+    save_variables(directory, variables)
     (directory / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
 
 
