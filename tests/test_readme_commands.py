@@ -114,7 +114,7 @@ def check_sweep(ws: pathlib.Path, result):
     for name in ("scaling.csv", "scaling.md", "scaling.png"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "scaling.csv")))
-    assert [int(r["batch_size"]) for r in rows] == [8, 16] and all(r["mAP@10"] for r in rows)
+    assert [int(r["batch_size"]) for r in rows] == [8, 16] and all(0 <= float(r["test_mAP@10"]) <= 1 for r in rows)
 
 
 def check_benchmark(ws: pathlib.Path, result):
