@@ -170,6 +170,7 @@ def run(config, workdir: str | pathlib.Path | None, checkpoint: str = "best", sp
     result = {**result, "checkpoint": checkpoint, "split": split, "dataset": name, "missing_metadata": missing,
               "num_queries": data.num_queries, "num_items": data.num_clips}
     if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
         write_results(workdir, split, result)
         write_submission(workdir / f"submission_{split}.csv", data.captions, data.file_names, similarity)
     return result

@@ -3,7 +3,9 @@
 Run: python -m hybrid_jax.export --config configs/demo.py --workdir workdirs/demo \\
          [--checkpoint best|latest|PATH] --out models/demo
 
-Only the parameters and batch statistics are restored (never the optimizer state); the model is
+``best`` falls back to ``latest`` when the run has no best checkpoint (shorter than one
+evaluation), as training's final test does. Only the parameters and batch statistics are restored
+(never the optimizer state); the model is
 written computing in float32 (``load_model(..., dtype="bfloat16")`` changes that on accelerators),
 with the tokenizer files, ``segment_seconds`` = the config's clip length (long recordings are
 embedded in segments of that length) and a model card: the training data, the config file and
@@ -39,7 +41,14 @@ def export(config, workdir: str | pathlib.Path, out: str | pathlib.Path, checkpo
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), jax.eval_shape(init))
-    variables, meta = checkpointing.restore_variables(workdir, checkpoint, abstract)
+    try:
+        variables, meta = checkpointing.restore_variables(workdir, checkpoint, abstract)
+    except FileNotFoundError:
+        if checkpoint != "best":
+            raise
+        # A run shorter than one evaluation has no best checkpoint; training tested its latest too.
+        checkpoint = "latest"
+        variables, meta = checkpointing.restore_variables(workdir, checkpoint, abstract)
     metrics = {path.stem.removeprefix("results_"): json.loads(path.read_text())
                for path in sorted(workdir.glob("results_*.json"))}
     data = config.data
@@ -69,8 +78,9 @@ def main(argv):
     cli.log_to_file(pathlib.Path(f.workdir) / "logs" / "export.log")
     out = export(f.config, f.workdir, f.out, f.checkpoint, config_flags.get_config_filename(f["config"]))
     card = json.loads((out / model_dir.CARD_FILE).read_text())
+    which = card["checkpoint"]["which"]
     tests = ", ".join(f"{split} mAP@10 {m['mAP@10']:.3f}" for split, m in card["metrics"].items() if "mAP@10" in m)
-    print(f"exported the {f.checkpoint} checkpoint (step {card['checkpoint']['step']}) of {f.workdir} -> {out}"
+    print(f"exported the {which} checkpoint (step {card['checkpoint']['step']}) of {f.workdir} -> {out}"
           + (f" ({tests})" if tests else "") + f"; load it with hybrid_jax.load_model({str(out)!r})")
 
 

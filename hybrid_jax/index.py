@@ -103,6 +103,8 @@ class Index:
                 raise UnusableIndex(f"{self.directory}: another indexing run is writing this index") from None
         self._db = sqlite3.connect(self.directory / MANIFEST, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (the page) never block the writer
+        # SQLite's own lower()/LIKE fold ASCII only: "CAFÉ" must find "café".
+        self._db.create_function("casefold", 1, str.casefold, deterministic=True)
         self._db.executescript(_SCHEMA)
         (self.directory / VECTORS).touch()
         self._mapped: tuple[int, np.ndarray | None] = (-1, None)
@@ -158,11 +160,10 @@ class Index:
         return self._mapped[1] if self._mapped[1] is not None else np.zeros((0, self.width), np.float32)
 
     def matching(self, words: Sequence[str]) -> np.ndarray:
-        """Rows whose metadata or path contains every word (case-insensitive), sorted."""
-        words = [w for w in words if w]
-        where = " AND ".join(["(metadata LIKE ? ESCAPE '\\' OR path LIKE ? ESCAPE '\\')"] * len(words)) or "1"
-        params = [p for w in words for p in (f"%{_escape_like(w)}%",) * 2]
-        return np.array(sorted(r[0] for r in self._db.execute(f"SELECT row FROM items WHERE {where}", params)), np.int64)
+        """Rows whose metadata or path contains every word (Unicode case-insensitive), sorted."""
+        words = [w.casefold() for w in words if w]
+        where = " AND ".join(["instr(casefold(metadata || ' ' || path), ?) > 0"] * len(words)) or "1"
+        return np.array(sorted(r[0] for r in self._db.execute(f"SELECT row FROM items WHERE {where}", words)), np.int64)
 
     def search(self, queries: np.ndarray, k: int, score: Callable[[np.ndarray, np.ndarray], np.ndarray],
                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -275,10 +276,6 @@ def _merge(best_scores, best_rows, scores, ids, k):
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         scores, ids = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
     return scores, ids
-
-
-def _escape_like(word: str) -> str:
-    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:

@@ -253,20 +253,28 @@ def main(argv: list[str] | None = None) -> None:
     from hybrid_jax import cli
 
     cli.quiet_terminal()
+    try:
+        _run(args)
+    except (index_lib.UnusableIndex, FileNotFoundError, ValueError, audio_io.AudioError) as error:
+        sys.exit(f"error: {error}")  # a mistake in the command, not a bug: no traceback
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from hybrid_jax import cli
+
     if args.command == "index":
         from hybrid_jax.inference import load_model
 
         cli.log_to_file(pathlib.Path(args.index) / "logs" / "search.log")
         model = load_model(args.model, batch_size=args.batch_size)
-        try:
-            update_index(model, args.audio_dir, args.index, args.metadata, workers=args.workers)
-        except KeyboardInterrupt:
-            sys.exit(130)
+        update_index(model, args.audio_dir, args.index, args.metadata, workers=args.workers)
         return
+    if bool(args.queries) == bool(args.audio):
+        raise ValueError("search query: give text queries or --audio FILE (one of the two)")
     with index_lib.Index(args.index) as index:
         model = open_model(index, args.model)
-        if bool(args.queries) == bool(args.audio):
-            raise SystemExit("search query: give text queries or --audio FILE (one of the two)")
         results = query(model, index, texts=args.queries, audio=args.audio, top_k=args.top_k,
                         words=args.filter.split() if args.filter else None)
         for label, hits in zip(args.queries or args.audio, results):

@@ -9,6 +9,7 @@ modules and with the subprocesses the CLI tests start.
 """
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import jax
@@ -50,8 +51,10 @@ def save_tiny_model(directory: pathlib.Path, mode: str = "late", seed: int = 0) 
              **{k: np.ones((1, 8), np.int32) for k in ("query_ids", "query_mask", "meta_ids", "meta_mask")},
              "query_types": np.zeros((1, 8), np.int32), "meta_types": np.zeros((1, 8), np.int32),
              "meta_present": np.ones(1, bool)}
-    keys = {k: jax.random.PRNGKey(seed + i) for i, k in enumerate(("params", "dropout", "augment"))}
-    variables = jax.device_get(model.init(keys, batch, train=False))
+    # rbg keys: threefry compiles one large kernel per parameter on XLA:CPU (minutes; see state.py).
+    keys = {k: jax.random.key(seed + i, impl="rbg") for i, k in enumerate(("params", "dropout", "augment"))}
+    # Jitted: eager initialisation dispatches every op on its own (minutes on 8 emulated devices).
+    variables = jax.device_get(jax.jit(functools.partial(model.init, train=False))(keys, batch))
     vocab = write_vocab(directory.parent / f"{directory.name}_vocab")
     return model_dir.save(directory, model, variables, vocab, max_length=8, segment_seconds=SEGMENT_SECONDS,
                           card={"training_data": "none: randomly initialised test model"})
