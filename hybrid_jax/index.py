@@ -211,9 +211,11 @@ class Index:
         if vectors.shape[1] != self.width:
             raise UnusableIndex(f"vectors of width {vectors.shape[1]}, the index holds {self.width}")
         with open(self.directory / VECTORS, "r+b") as f:
-            for slot, vector in zip(slots, vectors):
+            for slot, vector in zip(free, vectors):  # reused rows one by one
                 f.seek(slot * self.width * 4)
                 f.write(vector.tobytes())
+            f.seek(high * self.width * 4)  # new rows in one write
+            f.write(vectors[len(free) :].tobytes())
             f.flush()
             os.fsync(f.fileno())
         with self._transaction():
