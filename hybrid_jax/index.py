@@ -174,8 +174,7 @@ class Index:
         vectors = self.vectors()
         freed = np.array([r[0] for r in self._db.execute("SELECT row FROM freed")], np.int64)
         queries = np.asarray(queries, np.float32)
-        best_scores = np.full((len(queries), 0), -np.inf, np.float32)
-        best_rows = np.zeros((len(queries), 0), np.int64)
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         block = max(1, BLOCK_BYTES // (4 * self.width))
         if rows is not None:
             rows = np.setdiff1d(np.asarray(rows, np.int64), freed)
@@ -188,13 +187,13 @@ class Index:
             scores = score(queries, part)
             if chosen is None and len(freed):
                 scores[:, np.isin(ids, freed)] = -np.inf
-            best_scores, best_rows = _merge(best_scores, best_rows, scores, ids, k)
-        order = np.lexsort((best_rows, -best_scores), axis=-1)  # best first; ties: the lower row
-        best_scores = np.take_along_axis(best_scores, order, -1)
-        best_rows = np.take_along_axis(best_rows, order, -1)
+            for q, (kept_scores, kept_ids) in enumerate(best):
+                block_scores, block_ids = _best(scores[q], ids, k)
+                best[q] = _best(np.concatenate([kept_scores, block_scores]), np.concatenate([kept_ids, block_ids]), k)
         # Removed rows score -inf for every query: they fill the list only when fewer than k remain.
-        count = int(np.isfinite(best_scores[0]).sum()) if len(best_scores) else 0
-        return best_scores[:, :count], best_rows[:, :count]
+        count = min((int(np.isfinite(s).sum()) for s, _ in best), default=0)
+        return (np.stack([s[:count] for s, _ in best]) if best else np.zeros((0, 0), np.float32),
+                np.stack([r[:count] for _, r in best]) if best else np.zeros((0, 0), np.int64))
 
     # --- writing (with ``write=True``) ---------------------------------------------------------
 
@@ -265,19 +264,18 @@ class Index:
         self._db.execute("COMMIT")
 
 
-def _merge(best_scores, best_rows, scores, ids, k):
-    """The best ``k`` of (best so far) + (this block), unsorted."""
-    if scores.shape[1] > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        scores, ids = np.take_along_axis(scores, part, 1), ids[part]
-    else:
-        ids = np.broadcast_to(ids, scores.shape)
-    scores = np.concatenate([best_scores, scores], 1)
-    ids = np.concatenate([best_rows, ids], 1)
-    if scores.shape[1] > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        scores, ids = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
-    return scores, ids
+def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of one query's scores, sorted: higher score first, on ties the lower row.
+
+    ``np.partition`` finds the k-th score in linear time; every score at least that high is kept
+    (ties at the boundary included, so the lowest rows among them can win) and only those are sorted.
+    """
+    if len(scores) > k:
+        threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = scores >= threshold
+        scores, ids = scores[keep], ids[keep]
+    order = np.lexsort((ids, -scores))[:k]
+    return scores[order], ids[order]
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:

@@ -57,12 +57,13 @@ def test_top_k_equals_brute_force_with_removals_and_a_row_filter(filled):
     assert set(rows.ravel()) <= set(dogs)
 
 
-def test_ties_go_to_the_lower_row(tmp_path):
+def test_ties_go_to_the_lower_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_lib, "BLOCK_BYTES", 16 * 4 * WIDTH)  # ties spread over 7 blocks
     with index_lib.Index(tmp_path / "i", write=True, header=HEADER) as index:
-        same = np.eye(WIDTH, dtype=np.float32)[0]
-        index.add([record(f"{i}.wav", same) for i in range(5)])
-        scores, rows = index.search(same[None], 3, cosine)
-        assert list(rows[0]) == [0, 1, 2]
+        same, other = np.eye(WIDTH, dtype=np.float32)[:2]
+        index.add([record(f"{i}.wav", same if i % 2 else other) for i in range(100)])
+        scores, rows = index.search(same[None], 5, cosine)
+        assert list(rows[0]) == [1, 3, 5, 7, 9]
 
 
 def test_replacing_and_removing_reuse_rows_and_keep_the_rest(filled):

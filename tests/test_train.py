@@ -113,6 +113,16 @@ def test_export_writes_a_model_that_evaluates_like_its_checkpoint(trained, tmp_p
     assert card["config"]["model"]["fusion"]["mode"] == "late" and card["hybrid_jax_version"] and card["created"]
     loaded = model_dir.load(out)
     assert sorted(loaded.variables) == ["batch_stats", "params"]  # no optimizer state, no step
+    import orbax.checkpoint as ocp
+
+    from hybrid_jax.convert import weights
+
+    saved = ocp.PyTreeCheckpointer().restore((workdir / "checkpoints" / "latest" / "2" / "state").absolute())
+    for part in ("params", "batch_stats"):  # the checkpoint's arrays, bit for bit
+        want, got = weights.flatten(saved[part]), weights.flatten(loaded.variables[part])
+        assert sorted(want) == sorted(got)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert loaded.segment_seconds == config.data.clip_seconds and loaded.model.dtype == np.float32
     # The exported weights are the checkpoint's: evaluating the model directory (evaluate --model)
     # reproduces the test metrics training computed from that checkpoint.
