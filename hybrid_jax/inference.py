@@ -3,7 +3,7 @@ their similarity, with nothing but the model directory (no config, data or optim
 
     model = hybrid_jax.load_model("models/demo")
     queries = model.embed_text(["a dog barks while rain falls on a roof"])  # [1, D]
-    items = model.embed_audio(["dog.wav", (waveform, 48000)], metadata=["dog;bark", ""])
+    items = model.embed_audio(["dog.wav", (waveform, 48000)], metadata=["dog bark garden", ""])
     scores = model.similarity(queries, items)  # [1, 2], the model's fusion rule
 
 Embeddings are packed rows (``hybrid_jax.packed``): [N, D] unit vectors for late fusion and the
@@ -107,7 +107,8 @@ class Model:
                     workers: int = 2) -> Items:
         """Recordings (file paths, or ``(waveform, sample_rate)`` with the waveform ``[samples]`` or
         ``[samples, channels]``, any length and rate) and their optional metadata strings (``""`` =
-        none) -> ``Items`` in input order. Raises ``AudioError`` naming every item that failed."""
+        none; keywords joined by spaces, as in training) -> ``Items`` in input order. Raises
+        ``AudioError`` naming every item that failed."""
         metadata = [""] * len(items) if metadata is None else list(metadata)
         if len(metadata) != len(items):
             raise ValueError(f"{len(items)} items but {len(metadata)} metadata strings")

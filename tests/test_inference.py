@@ -63,14 +63,14 @@ def test_text_embeddings_are_unit_vectors_identical_in_any_batch(model):
 
 def test_a_short_clip_is_the_models_embedding_of_the_zero_padded_clip(model, sounds):
     samples = pcm(sounds["short"])
-    got = model.embed_audio([sounds["short"]], ["dog;bark"])
+    got = model.embed_audio([sounds["short"]], ["dog bark"])
     # One segment, padded to 2 s with valid fraction 1.3 / 2, metadata as written: the model's row.
-    expected = item_batch(model, [(samples, "dog;bark")])[0]
+    expected = item_batch(model, [(samples, "dog bark")])[0]
     np.testing.assert_array_equal(got.vectors[0], expected)
     assert got.seconds[0] == pytest.approx(1.3)
     # The same clip among others, in another position, as a waveform pair: the same bits.
     crowd = model.embed_audio([sounds["long"], sounds["stereo48"], (samples.astype(np.float32) / 32768, SR),
-                               sounds["short"]], ["", "rain", "dog;bark", "dog;bark"])
+                               sounds["short"]], ["", "rain", "dog bark", "dog bark"])
     np.testing.assert_array_equal(crowd.vectors[2], expected)
     np.testing.assert_array_equal(crowd.vectors[3], expected)
     # Metadata matters, and "" means none.
