@@ -60,7 +60,7 @@ class Model:
     ``variables``, ``mesh``, ``embed_items_fn`` / ``embed_queries_fn`` (jitted: (variables, batch)).
     """
 
-    def __init__(self, loaded: model_dir.Loaded, *, batch_size: int = 16, text_batch_size: int = 64,
+    def __init__(self, loaded: model_dir.Loaded, *, batch_size: int = 16, text_batch_size: int = 8,
                  dtype: str | None = None, devices: Sequence[Any] | None = None, directory: Any = None):
         module = loaded.model if dtype is None else loaded.model.clone(dtype=jnp.dtype(dtype))
         self.module, self.tokenizer, self.card = module, loaded.tokenizer, loaded.card
@@ -167,6 +167,7 @@ def _name(item: Audio, index: int) -> str:
 def load_model(directory: str | os.PathLike, **options) -> Model:
     """Loads a model directory (``python -m hybrid_jax.export`` or a converter) -> ``Model``.
 
-    Options: ``batch_size`` (segments per jitted call, default 16), ``text_batch_size`` (64),
+    Options: ``batch_size`` (segments per jitted call, default 16), ``text_batch_size`` (8: a
+    single query pays for that many rows),
     ``dtype`` ("bfloat16" on accelerators; default the stored float32), ``devices``."""
     return Model(model_dir.load(directory), directory=pathlib.Path(directory), **options)
