@@ -57,6 +57,7 @@ def test_text_embeddings_are_unit_vectors_identical_in_any_batch(model):
     np.testing.assert_array_equal(crowd[-1], alone[0])
     np.testing.assert_allclose(np.linalg.norm(crowd, axis=1), 1.0, rtol=1e-5)
     assert model.embed_text([]).shape == (0, 12)
+    assert model.embed_queries_fn._cache_size() == 1  # one compilation for every call above
     with pytest.raises(TypeError, match="list of strings"):
         model.embed_text("a dog barks")
 
