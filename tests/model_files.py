@@ -68,7 +68,8 @@ def write_sound(path: pathlib.Path, seconds: float, rate: int = 32000, channels:
     t = np.arange(n) / rate
     tone = np.sin(2 * np.pi * (200 + 150 * seed) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * (1 + seed % 3) * t))
     wave = 0.3 * tone + 0.05 * rng.standard_normal(n)
-    wave = np.repeat(wave[:, None], channels, axis=1) if channels > 1 else wave
+    if channels > 1:  # different channels, so a wrong down-mix shows
+        wave = np.stack([wave * (1.0 - 0.4 * c) + 0.2 * np.sin(2 * np.pi * 523.0 * (c + 1) * t) for c in range(channels)], 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, wave.astype(np.float32), rate, subtype=subtype)
     return path
