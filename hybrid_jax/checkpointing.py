@@ -102,3 +102,30 @@ def restore_from_path(path: str | pathlib.Path, abstract_state: Any) -> tuple[An
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
         )
     return restored["state"], restored["meta"]
+
+
+def restore_variables(workdir: str | pathlib.Path, which: str, abstract_variables: Any) -> tuple[Any, dict]:
+    """Restores only ``params`` and ``batch_stats`` of a checkpoint (no optimizer state is read)
+    onto ``abstract_variables`` ({"params": ..., "batch_stats": ...} of ShapeDtypeStructs).
+
+    ``which``: "best", "latest", or a checkpoint step directory (``.../latest/<step>``).
+    Returns (variables, meta) with meta's ``step``."""
+    _save_whole_replicas_on_cpu()
+    if which in ("best", "latest"):
+        root = pathlib.Path(workdir).absolute() / "checkpoints" / which
+        manager = ocp.CheckpointManager(root, item_names=("state", "meta"))
+        step = manager.latest_step()
+        if step is None:
+            manager.close()
+            raise FileNotFoundError(f"no {which} checkpoint under {root}")
+    else:
+        path = pathlib.Path(which).absolute()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: checkpoint directory not found")
+        manager, step = ocp.CheckpointManager(path.parent, item_names=("state", "meta")), int(path.name)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_variables)
+    with manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(abstract_variables, restore_args=restore_args, partial_restore=True),
+            meta=ocp.args.JsonRestore()))
+    return restored["state"], {**restored["meta"], "step": step}

@@ -2,6 +2,8 @@
 
 Run: python -m hybrid_jax.evaluate --config configs/clotho_late.py --workdir DIR
          [--checkpoint best|latest|PATH] [--split test] [--missing_metadata 0.3]
+     python -m hybrid_jax.evaluate --config configs/clotho_late.py --model MODEL_DIR [--workdir OUT]
+         (an exported model; the config gives only the data and eval settings)
 """
 from __future__ import annotations
 
@@ -134,21 +136,33 @@ def load_trained(config, workdir: str | pathlib.Path, checkpoint: str, example: 
     return variables, embed_items, embed_queries, mesh
 
 
-def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: str | None = None,
-        missing_metadata: float | None = None) -> dict:
-    """Restores a checkpoint of ``workdir`` and evaluates it on ``split`` (default: the config's
-    test split); writes ``results_<split>.json`` and the DCASE CSV ``submission_<split>.csv``."""
+def run(config, workdir: str | pathlib.Path | None, checkpoint: str = "best", split: str | None = None,
+        missing_metadata: float | None = None, model: str | pathlib.Path | None = None) -> dict:
+    """Restores a checkpoint of ``workdir`` (or loads the exported ``model`` directory; then
+    ``config.model`` is not used and ``workdir`` defaults to the model directory) and evaluates it
+    on ``split`` (default: the config's test split); writes ``results_<split>.json`` and the DCASE
+    CSV ``submission_<split>.csv`` into ``workdir``."""
     from hybrid_jax.data.datasets import open_eval_split
-    from hybrid_jax.models import build
 
-    workdir = pathlib.Path(workdir)
+    workdir = pathlib.Path(workdir or model)
     split = split or config.data.test_split
     missing = config.eval.missing_metadata if missing_metadata is None else missing_metadata
-    built = build.build(config.model)
-    name, data = open_eval_split(config, built.tokenizer.tokenize, split)
-    variables, embed_items, embed_queries, mesh = load_trained(
-        config, workdir, checkpoint, example_batch(data, config.eval.batch_size), built
-    )
+    if model is not None:
+        from hybrid_jax.inference import load_model
+
+        exported = load_model(model)
+        name, data = open_eval_split(config, exported.tokenizer.tokenize, split)
+        variables, mesh = exported.variables, exported.mesh
+        embed_items, embed_queries = exported.embed_items_fn, exported.embed_queries_fn
+        checkpoint = str(model)
+    else:
+        from hybrid_jax.models import build
+
+        built = build.build(config.model)
+        name, data = open_eval_split(config, built.tokenizer.tokenize, split)
+        variables, embed_items, embed_queries, mesh = load_trained(
+            config, workdir, checkpoint, example_batch(data, config.eval.batch_size), built
+        )
     result, similarity = evaluate_split(
         embed_items, embed_queries, variables, data, batch_size=config.eval.batch_size, mesh=mesh,
         missing_metadata=missing, seed=config.train.seed, return_similarity=True,
@@ -156,6 +170,7 @@ def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: st
     result = {**result, "checkpoint": checkpoint, "split": split, "dataset": name, "missing_metadata": missing,
               "num_queries": data.num_queries, "num_items": data.num_clips}
     if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
         write_results(workdir, split, result)
         write_submission(workdir / f"submission_{split}.csv", data.captions, data.file_names, similarity)
     return result
@@ -163,19 +178,23 @@ def run(config, workdir: str | pathlib.Path, checkpoint: str = "best", split: st
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import app, flags
 
     from hybrid_jax import cli
 
     f = flags.FLAGS
+    if not f.workdir and not f.model:
+        raise app.UsageError("give --workdir (a training run) or --model (an exported model directory)")
     cli.quiet_terminal()
     cli.initialize_distributed()
-    cli.log_to_file(pathlib.Path(f.workdir) / "logs" / f"evaluate.{jax.process_index()}.log")
-    result = run(f.config, f.workdir, f.checkpoint, f.split, f.missing_metadata)
+    workdir = pathlib.Path(f.workdir or f.model)
+    cli.log_to_file(workdir / "logs" / f"evaluate.{jax.process_index()}.log")
+    result = run(f.config, workdir, f.checkpoint, f.split, f.missing_metadata, model=f.model)
     if jax.process_index() == 0:
-        print(f"{result['dataset']} {result['split']} ({f.checkpoint} checkpoint, {result['num_queries']} "
+        what = f"model {f.model}" if f.model else f"{f.checkpoint} checkpoint"
+        print(f"{result['dataset']} {result['split']} ({what}, {result['num_queries']} "
               f"queries, {result['num_items']} items): {metrics.format_line(result)}")
-        split, workdir = result["split"], pathlib.Path(f.workdir)
+        split = result["split"]
         print(f"wrote {workdir / f'results_{split}.json'} and {workdir / f'submission_{split}.csv'}")
 
 
@@ -185,10 +204,11 @@ if __name__ == "__main__":
     from hybrid_jax import cli
 
     cli.define_config_flag("The config the model was trained with.")
-    flags.DEFINE_string("workdir", None, "The training run's directory.")
+    flags.DEFINE_string("workdir", None, "The training run's directory (with --model: where results go).")
     flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint step directory.")
+    flags.DEFINE_string("model", None, "An exported model directory to evaluate instead of a checkpoint.")
     flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
     flags.DEFINE_float("missing_metadata", None, "Remove the metadata of this fraction of items.")
     cli.define_multihost_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)

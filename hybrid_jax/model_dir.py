@@ -2,8 +2,10 @@
 
 A model directory holds
 
-* ``model.json``: ``{"format": 1, "model": <every RetrievalModel setting>, "max_length": L}``;
-  enough to rebuild ``RetrievalModel`` without a training config, a checkpoint or data;
+* ``model.json``: ``{"format": 1, "model": <every RetrievalModel setting>, "max_length": L,
+  "segment_seconds": s or null, "variables_sha256": ...}``; enough to rebuild ``RetrievalModel``
+  without a training config, a checkpoint or data. ``segment_seconds`` is the clip length the model
+  was trained on: ``hybrid_jax.load_model`` embeds longer recordings in segments of that length;
 * ``variables.safetensors``: ``params`` and ``batch_stats`` only (no optimizer state), keyed by
   their path (``params/audio_tower/mobilenet/features_0/conv/kernel``), float32;
 * the tokenizer files (``vocab.txt`` and/or ``tokenizer.json``, ...);
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import pathlib
 import shutil
@@ -73,9 +76,12 @@ def model_from_dict(values: Mapping[str, Any]) -> RetrievalModel:
 
 
 def save(directory: str | pathlib.Path, model: RetrievalModel, variables: Mapping[str, Any],
-         tokenizer_dir: str | pathlib.Path, *, max_length: int, card: Mapping[str, Any]) -> pathlib.Path:
+         tokenizer_dir: str | pathlib.Path, *, max_length: int, card: Mapping[str, Any],
+         segment_seconds: float | None = None) -> pathlib.Path:
     """Writes a model directory. ``variables``: {"params": ..., "batch_stats": ...} (host or device
-    arrays); ``tokenizer_dir``: a folder with the tokenizer files; ``card``: the model card fields."""
+    arrays); ``tokenizer_dir``: a folder with the tokenizer files; ``card``: the model card fields;
+    ``segment_seconds``: the training clip length (None: unknown, then long recordings are cut at
+    the longest segment the pooling transformer takes)."""
     directory = pathlib.Path(directory)
     tokenizer_dir = pathlib.Path(tokenizer_dir)
     files = [n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
@@ -83,8 +89,10 @@ def save(directory: str | pathlib.Path, model: RetrievalModel, variables: Mappin
         raise FileNotFoundError(f"{tokenizer_dir}: no vocab.txt or tokenizer.json to ship with the model")
     directory.mkdir(parents=True, exist_ok=True)
     kept = {k: variables[k] for k in ("params", "batch_stats") if k in variables and variables[k]}
-    weights.save_variables(directory, kept)
-    spec = {"format": FORMAT, "model": model_to_dict(model), "max_length": int(max_length)}
+    variables_file = weights.save_variables(directory, kept)
+    spec = {"format": FORMAT, "model": model_to_dict(model), "max_length": int(max_length),
+            "segment_seconds": None if segment_seconds is None else float(segment_seconds),
+            "variables_sha256": _sha256(variables_file)}
     (directory / MODEL_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     for name in files:
         if (tokenizer_dir / name).resolve() != (directory / name).resolve():
@@ -104,6 +112,8 @@ class Loaded:
     variables: dict[str, Any]  # {"params": ..., "batch_stats": ...} as numpy arrays
     tokenizer: Any  # hybrid_jax.models.text.Tokenizer
     card: dict[str, Any]
+    segment_seconds: float | None = None  # training clip length, if recorded
+    fingerprint: str = ""  # sha256 of model.json (which holds the weights' sha256): names the model
 
 
 def load(directory: str | pathlib.Path) -> Loaded:
@@ -115,14 +125,24 @@ def load(directory: str | pathlib.Path) -> Loaded:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; a model directory is written by "
                                 "`python -m hybrid_jax.export` or tools/convert_salsa.py")
-    spec = json.loads(path.read_text())
+    text = path.read_text()
+    spec = json.loads(text)
     if spec.get("format") != FORMAT:
         raise ValueError(f"{path}: model directory format {spec.get('format')!r}, this version reads {FORMAT}")
     model = model_from_dict(spec["model"])
     variables = weights.load_variables(directory)
     variables.setdefault("batch_stats", {})
     card = json.loads((directory / CARD_FILE).read_text()) if (directory / CARD_FILE).is_file() else {}
-    return Loaded(model, variables, Tokenizer.from_pretrained(directory, spec["max_length"]), card)
+    return Loaded(model, variables, Tokenizer.from_pretrained(directory, spec["max_length"]), card,
+                  spec.get("segment_seconds"), hashlib.sha256(text.encode()).hexdigest())
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _version() -> str:

@@ -29,6 +29,7 @@ def test_round_trip(tmp_path, vocab_dir, mode):
     flat, back = weights.flatten(variables), weights.flatten(loaded.variables)
     assert sorted(flat) == sorted(back)
     for key in flat:
+        assert np.shape(flat[key]) == np.shape(back[key]), key  # scalars stay scalars
         np.testing.assert_array_equal(flat[key], back[key], err_msg=key)
     assert loaded.tokenizer.max_length == 8
     assert loaded.card["training_data"] == "unit test" and "created" in loaded.card

@@ -1,5 +1,6 @@
 """End-to-end training on a tiny config over 8 emulated devices: two steps, exact resume, a NaN
-stops cleanly, and the evaluation CLI path writes its results and the DCASE CSV."""
+stops cleanly, the evaluation CLI path writes its results and the DCASE CSV, and an exported model
+evaluates like its checkpoint."""
 import csv
 import json
 import math
@@ -100,23 +101,32 @@ def test_evaluate_writes_results_and_dcase_submission(trained):
     assert all(len(r) == 1 + 4 for r in rows[1:])  # only 4 items exist: the top-4 are listed
 
 
-def test_search_indexes_a_folder_and_answers_queries(data_root, trained, tmp_path):
-    from hybrid_jax import search
+def test_export_writes_a_model_that_evaluates_like_its_checkpoint(trained, tmp_path):
+    from hybrid_jax import export, model_dir
 
-    config, workdir, _ = trained
-    folder = data_root / "raw" / "evaluation"
-    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
-    collection = tmp_path / "collection"
-    collection.mkdir()
-    for wav in sorted(folder.glob("*.wav"))[:3]:
-        (collection / wav.name).write_bytes(wav.read_bytes())
-    (collection / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
-    first = sorted(folder.glob("*.wav"))[0].name
-    (tmp_path / "tags.csv").write_text(f'file_name,keywords\n"{first}",dog;bark;field-recording\n')
-    summary = search.build_index(config, workdir, collection, tmp_path / "tags.csv", tmp_path / "index.npz", "latest")
-    assert summary["indexed"] == 3 and summary["with_metadata"] == 1
-    assert [f for f, _ in summary["skipped"]] == [str(collection / "broken.wav")]
-    hits = search.query_index(config, workdir, tmp_path / "index.npz", ["a dog barks", "rain falls"], 2, "latest")
-    assert len(hits) == 2 and all(len(h) == 2 for h in hits)
-    assert {name for h in hits for name, _ in h} <= {w.name for w in collection.glob("*.wav")}
-    assert hits[0][0][1] >= hits[0][1][1]  # best first
+    config, workdir, result = trained
+    out = export.export(config, workdir, tmp_path / "model", "best", "tiny_config")  # no best yet: latest
+    card = json.loads((out / "card.json").read_text())
+    assert card["checkpoint"]["which"] == "latest" and card["checkpoint"]["step"] == 2
+    assert card["metrics"]["test"] == json.loads((workdir / "results_test.json").read_text())
+    assert card["training_data"]["dataset"] == "clotho" and card["config_file"] == "tiny_config"
+    assert card["config"]["model"]["fusion"]["mode"] == "late" and card["hybrid_jax_version"] and card["created"]
+    loaded = model_dir.load(out)
+    assert sorted(loaded.variables) == ["batch_stats", "params"]  # no optimizer state, no step
+    import orbax.checkpoint as ocp
+
+    from hybrid_jax.convert import weights
+
+    saved = ocp.PyTreeCheckpointer().restore((workdir / "checkpoints" / "latest" / "2" / "state").absolute())
+    for part in ("params", "batch_stats"):  # the checkpoint's arrays, bit for bit
+        want, got = weights.flatten(saved[part]), weights.flatten(loaded.variables[part])
+        assert sorted(want) == sorted(got)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert loaded.segment_seconds == config.data.clip_seconds and loaded.model.dtype == np.float32
+    # The exported weights are the checkpoint's: evaluating the model directory (evaluate --model)
+    # reproduces the test metrics training computed from that checkpoint.
+    again = evaluate.run(config, tmp_path / "eval", model=out)
+    for key in ("mAP@10", "R@1", "R@5", "R@10"):
+        assert again[key] == pytest.approx(result[key], abs=1e-6), key
+    assert (tmp_path / "eval" / "results_test.json").is_file() and again["checkpoint"] == str(out)
