@@ -15,12 +15,17 @@ import json
 import pathlib
 import re
 import shlex
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
 from typing import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
-from commands import REPO, run
+from commands import REPO, environment, run
 
 README = REPO / "README.md"
 FIXTURES = REPO / "tests" / "fixtures"
@@ -53,10 +58,12 @@ class Recipe:
     name: str
     prefix: tuple[str, ...]  # the command's first tokens (after the interpreter)
     extra: list[str] = dataclasses.field(default_factory=list)  # appended (later flags win)
-    replace: dict[str, str] = dataclasses.field(default_factory=dict)  # README token -> test token
+    # README token -> test token (a callable gets the workspace: files the test picks)
+    replace: dict[str, str | Callable] = dataclasses.field(default_factory=dict)
     needs: tuple[str, ...] = ()  # recipes (or workspace inputs) that must run first
     check: Callable | None = None  # (workspace, completed process) -> None
     ci_only: bool = False  # run by .ci/run itself (setup, the test command)
+    server: bool = False  # runs until stopped: started, queried by ``check``, terminated
 
     def matches(self, tokens: list[str]) -> bool:
         return tuple(tokens[1:1 + len(self.prefix)]) == self.prefix
@@ -123,6 +130,51 @@ def check_benchmark(ws: pathlib.Path, result):
     assert report["mfu"] is not None and report["config"] == "configs/clotho_late.py"
 
 
+def check_exported(ws: pathlib.Path, result):
+    for name in ("model.json", "variables.safetensors", "card.json", "README.md", "vocab.txt"):
+        assert (ws / "models" / "demo" / name).is_file(), name
+    assert "exported the best checkpoint" in result.stdout and not ABSL_INFO.search(result.stderr)
+
+
+def check_model_evaluated(ws: pathlib.Path, result):
+    exported = json.loads((ws / "models" / "demo" / "results_test.json").read_text())
+    trained = json.loads((ws / "workdirs" / "demo" / "results_test.json").read_text())
+    assert abs(exported["mAP@10"] - trained["mAP@10"]) < 1e-6  # the model directory is the run
+    assert "(model models/demo" in result.stdout
+
+
+def check_indexed(ws: pathlib.Path, result):
+    clips = len(list((ws / "data" / "demo" / "synthetic_clotho" / "evaluation").glob("*.wav")))
+    assert f"the index holds {clips} items" in result.stdout.strip().splitlines()[-1]
+    assert (ws / "indexes" / "demo" / "last_run.json").is_file()
+
+
+def check_ranked(count: int):
+    def check(ws: pathlib.Path, result):
+        ranks = re.findall(r"^\s+(\d+)\. [+-]\d\.\d{3}  ", result.stdout, re.M)
+        assert [int(r) for r in ranks] == list(range(1, count + 1)), result.stdout
+    return check
+
+
+def check_served(ws: pathlib.Path, url: str):
+    with urllib.request.urlopen(url + "/api/search?" + urllib.parse.urlencode({"q": "a dog barks"}),
+                                timeout=120) as response:
+        results = json.loads(response.read())["results"]
+    assert len(results) > 0 and all("score" in r for r in results)
+    with urllib.request.urlopen(url + "/", timeout=60) as response:
+        assert b"<html" in response.read().lower()
+
+
+def first_evaluation_clip(ws: pathlib.Path) -> str:
+    return str(sorted((ws / "data" / "demo" / "synthetic_clotho" / "evaluation").glob("*.wav"))[0])
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def check_in_ci(ws: pathlib.Path, tokens: list[str]):
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert shlex.join(tokens) in ci, f"{shlex.join(tokens)!r} is not a line of .ci/run"
@@ -175,6 +227,22 @@ RECIPES = [
     Recipe("benchmark", ("-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py"),
            ["--batch-size", "8", "--steps", "1", "--warmup", "0", "--config.data.clip_seconds=10"],
            needs=("convert_efficientat_pt", "convert_bert"), check=check_benchmark),
+]
+
+
+RECIPES += [
+    Recipe("export", ("-m", "hybrid_jax.export"), needs=("demo",), check=check_exported),
+    Recipe("evaluate_model", ("-m", "hybrid_jax.evaluate", "--config", "configs/demo.py", "--model"),
+           needs=("export",), check=check_model_evaluated),
+    Recipe("search_index", ("-m", "hybrid_jax.search", "index"), needs=("export",), check=check_indexed),
+    Recipe("search_query", ("-m", "hybrid_jax.search", "query", "--index", "indexes/demo",
+                            "a dog barks while rain falls on a roof"), needs=("search_index",),
+           check=check_ranked(5)),
+    Recipe("search_by_example", ("-m", "hybrid_jax.search", "query", "--index", "indexes/demo", "--audio"),
+           replace={"my_recording.wav": first_evaluation_clip}, needs=("search_index",),
+           check=check_ranked(10)),
+    Recipe("serve", ("-m", "hybrid_jax.serve"), replace={"8000": "PORT"}, needs=("search_index",),
+           server=True, check=check_served),
 ]
 
 
@@ -281,9 +349,36 @@ class Workspace:
         for need in recipe.needs:
             self.ensure(need)
         tokens = [recipe.replace.get(t, t) for t in self.commands[name]] + recipe.extra
+        tokens = [t(self.root) if callable(t) else t for t in tokens]
+        if recipe.server:
+            return self.serve(tokens, recipe)
         result = run(tokens, cwd=self.root, timeout=1200)
         self.done[name] = result
         return result
+
+    def serve(self, tokens: list[str], recipe: Recipe):
+        """Starts the server, waits for its "serving ... at URL" line, checks it, stops it."""
+        port = free_port()
+        tokens = [port if t == "PORT" else t for t in tokens]
+        tokens[0] = __import__("sys").executable
+        process = subprocess.Popen(tokens, cwd=self.root, env=environment(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline, lines = time.monotonic() + 900, []
+            while time.monotonic() < deadline:
+                line = process.stdout.readline()
+                if not line and process.poll() is not None:
+                    raise AssertionError("the server exited:\n" + "".join(lines[-50:]))
+                lines.append(line)
+                found = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
+                if found:
+                    recipe.check(self.root, found.group(1))
+                    self.done[recipe.name] = "".join(lines)
+                    return self.done[recipe.name]
+            raise AssertionError("the server did not start in time:\n" + "".join(lines[-50:]))
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -299,4 +394,5 @@ def test_readme_command(workspace, name):
         check_in_ci(workspace.root, workspace.commands[name])
         return
     result = workspace.ensure(name)
-    recipe.check(workspace.root, result)
+    if not recipe.server:  # a server was checked while it ran
+        recipe.check(workspace.root, result)
