@@ -168,3 +168,25 @@ def test_out_of_memory_is_recognised(target):
         jax.jit(lambda a: (jnp.sin(a) @ jnp.cos(a)).sum()).lower(big).compile()
     assert "HBM" in plan.out_of_memory(error.value)
     assert plan.out_of_memory(ValueError("shapes do not match")) is None
+
+
+def test_breakdown_counts_matmul_and_conv_flops(target):
+    """The per-op roofline's FLOPs: a dot and a grouped convolution, counted from the shapes."""
+    devices, chip = target
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    a = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16, sharding=one)
+    b = jax.ShapeDtypeStruct((512, 384), jnp.bfloat16, sharding=one)
+    x = jax.ShapeDtypeStruct((8, 32, 32, 128), jnp.bfloat16, sharding=one)
+    w = jax.ShapeDtypeStruct((3, 3, 1, 128), jnp.bfloat16, sharding=one)
+
+    def step(a, b, x, w):
+        depthwise_out = jax.lax.conv_general_dilated(
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=128)
+        return a @ b, depthwise_out
+
+    text = _compile(step, a, b, x, w)
+    rows = hlo.breakdown(text, chip.peak_bf16_tflops * 1e12, chip.hbm_gbps * 1e9)
+    expected = 2 * 256 * 512 * 384 + 2 * (8 * 32 * 32 * 128) * 9
+    assert sum(r["flops"] for r in rows) == expected
+    assert all(r["roofline_s"] > 0 for r in rows)
