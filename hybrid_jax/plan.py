@@ -177,7 +177,7 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
     return out
 
 
-def did_not_fit(config: ConfigDict, devices, chip, topology: str, batch_size: int, message: str) -> dict:
+def did_not_fit(devices, chip, topology: str, batch_size: int, message: str) -> dict:
     """The report of a batch the compiler refused for lack of HBM."""
     return {"config": None, "topology": topology, "chips": len(devices),
             "chip": chip.name if chip else None, "batch_size": batch_size,
@@ -194,7 +194,7 @@ def try_batch(config: ConfigDict, devices, chip, topology: str, batch_size: int,
         message = out_of_memory(error)
         if message is None:
             raise
-        return did_not_fit(config, devices, chip, topology, batch_size, message)
+        return did_not_fit(devices, chip, topology, batch_size, message)
     return report(step, chip, topology, hlo_out)
 
 
