@@ -74,3 +74,27 @@ def test_init_rng_follows_the_policy(monkeypatch):
     state._initializer(None, 0, policy.Policy("tpu"))
     assert used == ["threefry2x32"] * 3
     assert np.asarray(jax.random.key_data(real_key(0, impl="threefry2x32"))).shape == (2,)
+
+
+def test_abstract_state_is_the_initialised_state():
+    """state.abstract_state (what the compile-only planner compiles) has the shapes, dtypes and
+    shardings of the state init_state really makes, on an 8-device mesh with FSDP."""
+    from hybrid_jax import optim, schema, state
+
+    config = demo.get_config()
+    config.model.audio.width_mult, config.model.audio.window_seconds = 0.1, 1.0
+    config.model.pooling.dim, config.model.pooling.num_heads, config.model.pooling.mlp_dim = 32, 2, 64
+    config.model.fusion.embed_dim = 32
+    config.mesh.shape = (("data", 4), ("fsdp", 2))
+    mesh = sharding.make_mesh(config.mesh.shape)
+    built = build.build(config.model, policy.of_mesh(mesh))
+    batch = schema.zeros(schema.TRAIN_FIELDS, 8, schema.num_samples(1.0), config.model.text.max_length)
+    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=10)
+    concrete, concrete_shardings = state.init_state(built, tx, batch, config, mesh)
+    abstract, abstract_shardings = state.abstract_state(built.model, tx, batch, config, mesh)
+    got, want = jax.tree.leaves(abstract), jax.tree.leaves(concrete)
+    assert len(got) == len(want) > 50
+    for a, c in zip(got, want):
+        assert (a.shape, a.dtype) == (c.shape, c.dtype)
+        assert a.sharding.is_equivalent_to(c.sharding, len(c.shape))
+    assert jax.tree.structure(abstract_shardings) == jax.tree.structure(concrete_shardings)
