@@ -2,6 +2,11 @@
 
 Run: python -m hybrid_jax.benchmark --config configs/demo.py [--batch-size 8] [--steps 10]
          [--warmup 2] [--peak-tflops 989] [--json-out FILE] [--config.data.clip_seconds=10]
+Compile-only (plan a TPU run on any host; needs requirements-tpu.txt):
+     python -m hybrid_jax.benchmark --config configs/clotho_late.py --topology v5p:4x4x4 \
+         --batch-size 4096 [--max-batch] [--json-out FILE]
+  compiles the same step for that TPU slice without running it (``hybrid_jax.plan``) and prints
+  per-chip memory against HBM, FLOPs, the TPU cost model's step time, collectives, compile time.
 
 The step is the one ``hybrid_jax.train`` runs (``steps.make_train_step`` + ``jit_train_step``, the
 state from ``state.init_state``: mesh, FSDP rules, donation) on a synthetic batch of the config's
@@ -29,36 +34,17 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from hybrid_jax import optim, schema, sharding, steps
+from hybrid_jax import hlo, optim, plan, schema, sharding, steps
+from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.data import pipeline
-from hybrid_jax.models import build, mobilenet
+from hybrid_jax.models import build
 from hybrid_jax.models.bert import BertConfig, BertEncoder
 from hybrid_jax.state import init_state
 
-# Architectures of the released BERTs (their config.json), for the random-init fallback.
-_BERT_COMMON = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
-                    layer_norm_eps=1e-12, hidden_act="gelu", model_type="bert")
-HF_BERT_CONFIGS = {
-    "bert-base-uncased": dict(_BERT_COMMON, hidden_size=768, num_hidden_layers=12,
-                              num_attention_heads=12, intermediate_size=3072),
-    "bert-large-uncased": dict(_BERT_COMMON, hidden_size=1024, num_hidden_layers=24,
-                               num_attention_heads=16, intermediate_size=4096),
-}
 MALLOC_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
-def _hf_config_for(checkpoint: str) -> dict:
-    name = pathlib.Path(checkpoint).name
-    for key, hf in HF_BERT_CONFIGS.items():
-        if name.startswith(key.rsplit("-", 1)[0]):  # "bert-base-uncased", "bert-base", ...
-            return hf
-    raise FileNotFoundError(
-        f"text checkpoint {checkpoint} is missing and its architecture is unknown to the benchmark "
-        f"(known: {sorted(HF_BERT_CONFIGS)}); convert it first or use one of those names"
-    )
-
-
-def build_model(model_config: ConfigDict) -> tuple[build.Built, list[str]]:
+def build_model(model_config: ConfigDict, policy=None) -> tuple[build.Built, list[str]]:
     """``build.build`` with a random-init fallback for missing checkpoints -> (Built, notes)."""
     model_config = copy.deepcopy(model_config)
     notes = []
@@ -70,10 +56,10 @@ def build_model(model_config: ConfigDict) -> tuple[build.Built, list[str]]:
                      f"width {model_config.audio.width_mult} (config.model.audio.width_mult)")
     text_ckpt, hf = model_config.text.checkpoint, None
     if text_ckpt != build.MINILM and not pathlib.Path(text_ckpt).expanduser().is_dir():
-        hf = _hf_config_for(text_ckpt)
+        hf = plan.released_bert(text_ckpt)
         with model_config.unlocked():
             model_config.text.checkpoint = build.MINILM  # the packaged one, for everything but BERT
-    built = build.build(model_config)
+    built = build.build(model_config, policy)
     if hf is not None:
         config = BertConfig.from_hf(hf, dropout=model_config.text.dropout)
         ids = np.zeros((1, model_config.text.max_length), np.int32)
@@ -105,32 +91,7 @@ def synthetic_batch(config: ConfigDict, vocab_size: int, seed: int = 0) -> dict[
 
 def step_options(config: ConfigDict, mesh) -> dict:
     """``make_train_step`` keywords the config sets (GradCache micro-batches, loss implementation)."""
-    keys = ("microbatch_size", "accumulation", "loss_impl")
-    options = {k: config.train[k] for k in keys if k in config.train}
-    return {**options, "mesh": mesh} if options else {}
-
-
-def _cost(compiled) -> dict:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-        cost = cost[0] if cost else {}
-    return dict(cost or {})
-
-
-def _memory(compiled) -> dict:
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return {}
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes")
-    out = {f: int(getattr(stats, f, 0) or 0) for f in fields}
-    # Live at once, per device: inputs + outputs (minus donated buffers reused) + XLA's scratch.
-    out["peak_bytes_estimate"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                                  - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
-    peak = getattr(stats, "peak_memory_in_bytes", None)
-    if peak:
-        out["peak_memory_in_bytes"] = int(peak)
-    return out
+    return steps.config_options(config.train, mesh)
 
 
 def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: int = 10,
@@ -147,7 +108,8 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
     size = config.train.batch_size
     load_before = os.getloadavg()
     mesh = sharding.make_mesh(config.mesh.shape)
-    built, notes = build_model(config.model)
+    policy = backend_policy.of_mesh(mesh)
+    built, notes = build_model(config.model, policy)
     model = built.model
     batch = synthetic_batch(config, model.text.vocab_size, seed)
     rows = size // jax.process_count()  # this process's rows of the global batch
@@ -174,7 +136,7 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
     if not np.isfinite(loss):
         notes.append(f"non-finite loss {loss} on the synthetic batch")
 
-    cost = _cost(compiled)
+    cost = hlo.cost(compiled)
     flops_device = float(cost.get("flops", 0.0))
     median = statistics.median(times)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
@@ -185,13 +147,13 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
     achieved = flops_step / median / 1e12
     report = {
         "config": None,  # main() fills in the file name
-        "backend": jax.default_backend(),
+        "backend": policy.platform,
         "device_kind": devices[0].device_kind,
         "num_devices": len(devices),
         "num_processes": jax.process_count(),
         "mesh": dict(mesh.shape),
         "dtype": np.dtype(model.dtype).name,
-        "depthwise": mobilenet.resolve_depthwise(model.audio.depthwise),
+        "depthwise": model.audio.depthwise,
         "batch_size": size,
         "clip_seconds": config.data.clip_seconds,
         "text_max_length": config.model.text.max_length,
@@ -215,7 +177,7 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
         "achieved_tflops": achieved,
         "peak_tflops_per_device": peak_tflops,
         "mfu": achieved / (peak_tflops * len(devices)) if peak_tflops else None,
-        "memory_per_device": _memory(compiled),
+        "memory_per_device": hlo.memory(compiled),
         "final_loss": loss,
         "malloc_tuned": all(k in os.environ for k in MALLOC_SETTINGS),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -234,6 +196,8 @@ def main(argv):
 
     f = flags.FLAGS
     cli.quiet_terminal()
+    if f.topology:
+        return compile_only(f, config_flags.get_config_filename(f["config"]))
     cli.initialize_distributed()
     report = benchmark(f.config, batch_size=f["batch-size"].value, num_steps=f.steps,
                        warmup=f.warmup, peak_tflops=f["peak-tflops"].value)
@@ -243,6 +207,32 @@ def main(argv):
         print(text)
         if f["json-out"].value:
             pathlib.Path(f["json-out"].value).write_text(text + "\n")
+
+
+def compile_only(f, config_name: str) -> None:
+    """``--topology``: compile the step for a TPU slice on this host and print its plan."""
+    jax.config.update("jax_platforms", "cpu")  # this host's own devices are not the target
+    devices, chip = plan.target(f.topology)
+    print(f"compiling {config_name} for {f.topology} ({len(devices)} x {devices[0].device_kind}) "
+          f"on this host's CPU ...", flush=True)
+    if f["max-batch"].value:
+        found = plan.max_batch(f.config, devices, chip, f.topology,
+                               start_per_chip=f["start-per-chip"].value,
+                               max_compiles=f["max-compiles"].value)
+        result = found["largest"] or {"fits": False, "topology": f.topology, "chips": len(devices),
+                                      "batch_size": None}
+        result = {**result, "max_batch_search": {"tried": found["tried"],
+                                                 "granularity": found["granularity"]}}
+    else:
+        size = f["batch-size"].value or f.config.train.batch_size
+        result = plan.try_batch(f.config, devices, chip, f.topology, size, hlo_out=f["hlo-out"].value)
+    result["config"] = config_name
+    text = json.dumps(result, indent=2)
+    print(text)
+    if result.get("batch_size"):
+        print(plan.table(result))
+    if f["json-out"].value:
+        pathlib.Path(f["json-out"].value).write_text(text + "\n")
 
 
 if __name__ == "__main__":
@@ -256,6 +246,13 @@ if __name__ == "__main__":
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
     flags.DEFINE_float("peak-tflops", None, "Peak TFLOP/s of one device, for MFU (e.g. H100 bf16 dense: 989).")
     flags.DEFINE_string("json-out", None, "Also write the report to this file.")
+    flags.DEFINE_string("topology", None, "Compile only, for this TPU slice (v4:2x2x1, v5e:4x4, "
+                        "v5p:4x4x4, v6e:16x16, ...): needs requirements-tpu.txt, no TPU.")
+    flags.DEFINE_bool("max-batch", False, "With --topology: search the largest global batch that fits.")
+    flags.DEFINE_integer("start-per-chip", 8, "With --max-batch: first batch tried, pairs per chip.")
+    flags.DEFINE_integer("max-compiles", 8, "With --max-batch: at most this many compilations.")
+    flags.DEFINE_string("hlo-out", None, "With --topology: write the compiled HLO text here "
+                        "(tools/hlo_breakdown.py reads it).")
     cli.define_multihost_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -15,9 +15,12 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
+from hybrid_jax.backend import policy as backend_policy
 
-def _save_whole_replicas_on_cpu() -> None:
-    """On CPU, save each array from one replica instead of splitting it across replicas.
+
+def _save_whole_replicas_on_cpu(policy: backend_policy.Policy) -> None:
+    """On CPU (``policy.replica_parallel_save`` false), save each array from one replica instead
+    of splitting it across replicas.
 
     Orbax's default (replica-parallel saving everywhere but GPU) slices every replicated array
     into one piece per device before the host copy: on 8 CPU "devices", which share one host
@@ -26,7 +29,7 @@ def _save_whole_replicas_on_cpu() -> None:
     (Orbax warns at every override).
     """
     global _REGISTERED
-    if jax.default_backend() == "cpu" and not _REGISTERED:
+    if not policy.replica_parallel_save and not _REGISTERED:
         _REGISTERED = True
         with _absl_level(absl_logging.ERROR):
             ocp.type_handlers.register_type_handler(
@@ -47,10 +50,14 @@ def _absl_level(level: int):
 
 
 class Checkpoints:
-    """Two managers under ``workdir/checkpoints``: ``latest`` and ``best``."""
+    """Two managers under ``workdir/checkpoints``: ``latest`` and ``best``.
 
-    def __init__(self, workdir: str | pathlib.Path, keep_latest: int = 1):
-        _save_whole_replicas_on_cpu()
+    ``policy``: the backend policy of the devices holding the state (``policy.of_mesh``);
+    default: this process's devices."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep_latest: int = 1,
+                 policy: backend_policy.Policy | None = None):
+        _save_whole_replicas_on_cpu(policy or backend_policy.local())
         root = pathlib.Path(workdir).absolute() / "checkpoints"
         options = lambda keep: ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)  # noqa: E731
         self.latest = ocp.CheckpointManager(root / "latest", options=options(keep_latest), item_names=("state", "meta"))

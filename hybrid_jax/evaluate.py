@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hybrid_jax import metrics, schema, sharding
+from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.data import pipeline
 from hybrid_jax.data.eval_data import EvalData
 from hybrid_jax.models import fusion
@@ -120,11 +121,12 @@ def load_trained(config, workdir: str | pathlib.Path, checkpoint: str, example: 
     from hybrid_jax.state import abstract, init_state
 
     mesh = sharding.make_mesh(config.mesh.shape)
-    built = built or build.build(config.model)
+    policy = backend_policy.of_mesh(mesh)
+    built = built or build.build(config.model, policy)
     tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1)
     state, state_shardings = init_state(built, tx, example, config, mesh)
     if checkpoint in ("best", "latest"):
-        checkpoints = Checkpoints(workdir)
+        checkpoints = Checkpoints(workdir, policy=policy)
         state, _ = checkpoints.restore(checkpoint, abstract(state))
         checkpoints.close()
     else:
@@ -158,7 +160,7 @@ def run(config, workdir: str | pathlib.Path | None, checkpoint: str = "best", sp
     else:
         from hybrid_jax.models import build
 
-        built = build.build(config.model)
+        built = build.build(config.model, backend_policy.of_mesh(sharding.make_mesh(config.mesh.shape)))
         name, data = open_eval_split(config, built.tokenizer.tokenize, split)
         variables, embed_items, embed_queries, mesh = load_trained(
             config, workdir, checkpoint, example_batch(data, config.eval.batch_size), built

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -26,7 +27,10 @@ def make_mesh(shape: Sequence[tuple[str, int]], devices=None) -> Mesh:
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
-    grid = np.asarray(devices).reshape(sizes)
+    if devices[0].platform == "tpu":  # real or compile-only: neighbours on the mesh are ICI neighbours
+        grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    else:
+        grid = np.asarray(devices).reshape(sizes)
     return Mesh(grid, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 

@@ -99,6 +99,13 @@ def make_gradient_fn(model: RetrievalModel, *, microbatch_size: int = 0,
     return gradients
 
 
+def config_options(train_config, mesh: Mesh) -> dict:
+    """``make_train_step`` keywords from ``config.train`` (GradCache sub-batches, loss
+    implementation) and the mesh."""
+    keys = ("microbatch_size", "accumulation", "loss_impl")
+    return {**{k: train_config[k] for k in keys if k in train_config}, "mesh": mesh}
+
+
 def make_train_step(model: RetrievalModel, tx: optax.GradientTransformation, schedule: Callable,
                     *, microbatch_size: int = 0, accumulation: str = "gradcache",
                     loss_impl: str = "plain", mesh: Mesh | None = None):

@@ -16,6 +16,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from hybrid_jax import config_checks, evaluate, metrics, optim, sharding, steps
+from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.checkpointing import Checkpoints
 from hybrid_jax.data.datasets import open_datasets
 from hybrid_jax.logs import MetricsLog
@@ -34,7 +35,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     mesh = sharding.make_mesh(config.mesh.shape)
-    built = build.build(config.model)
+    policy = backend_policy.of_mesh(mesh)  # every CPU-vs-accelerator choice, from the mesh's devices
+    built = build.build(config.model, policy)
     data = open_datasets(config, built.tokenizer.tokenize)
     loader = data.train_loader
     steps_per_epoch = loader.steps_per_epoch
@@ -56,7 +58,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
             embed_items, embed_queries, variables, eval_set, batch_size=config.eval.batch_size, mesh=mesh
         )
 
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir, policy=policy)
     iterator = iter(loader)
     meta = {"best_map10": -1.0, "best_step": None}
     if checkpoints.latest_step() is not None:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 # Operand bytes (x + g) from which the loop over examples is used.
 PER_EXAMPLE_MIN_BYTES = 4 << 20
+SCOPE = "cpu_kernel_per_example_loop"  # named scope of the loop (``hlo.audit``)
 
 
 def sum_over_batch(fn: Callable, x, g):
@@ -26,6 +27,11 @@ def sum_over_batch(fn: Callable, x, g):
     """
     if x.shape[0] == 1 or x.nbytes + g.nbytes < PER_EXAMPLE_MIN_BYTES:
         return fn(x, g)
+    with jax.named_scope(SCOPE):
+        return _scan(fn, x, g)
+
+
+def _scan(fn: Callable, x, g):
     out = jax.eval_shape(fn, x[:1], g[:1])
 
     def add_example(total, example):

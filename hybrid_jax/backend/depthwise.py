@@ -23,6 +23,10 @@ import jax.numpy as jnp
 
 from hybrid_jax.backend import batch_sum
 
+# Named scope of every op these kernels emit, so that a compiled program shows whether it holds
+# them (``hlo.audit``: an accelerator program must not).
+SCOPE = "cpu_kernel_shifted_depthwise"
+
 
 def _out_size(size: int, k: int, stride: int) -> int:
     pad = (k - 1) // 2
@@ -41,6 +45,11 @@ def _taps(xp, k: int, stride: int, out_h: int, out_w: int):
 
 
 def _forward(x, kernel, stride: int):
+    with jax.named_scope(SCOPE):
+        return _forward_sum(x, kernel, stride)
+
+
+def _forward_sum(x, kernel, stride: int):
     k = kernel.shape[0]
     pad = (k - 1) // 2
     out_h, out_w = _out_size(x.shape[1], k, stride), _out_size(x.shape[2], k, stride)
@@ -68,6 +77,11 @@ def _fwd(x, kernel, stride):
 
 
 def _bwd(stride, residuals, g):
+    with jax.named_scope(SCOPE):
+        return _backward(stride, residuals, g)
+
+
+def _backward(stride, residuals, g):
     x, kernel = residuals
     k = kernel.shape[0]
     pad = (k - 1) // 2

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 from hybrid_jax.backend import batch_sum
 
+SCOPE = "cpu_kernel_pointwise"  # named scope of the backward's ops (``hlo.audit``)
+
 
 @jax.custom_vjp
 def matmul(x, kernel):
@@ -32,8 +34,9 @@ def _kernel_grad(x, g):
 
 def _bwd(residuals, g):
     x, kernel = residuals
-    dx = jnp.einsum("bhwo,io->bhwi", g, kernel).astype(x.dtype)
-    return dx, batch_sum.sum_over_batch(_kernel_grad, x, g).astype(kernel.dtype)
+    with jax.named_scope(SCOPE):
+        dx = jnp.einsum("bhwo,io->bhwi", g, kernel).astype(x.dtype)
+        return dx, batch_sum.sum_over_batch(_kernel_grad, x, g).astype(kernel.dtype)
 
 
 matmul.defvjp(_fwd, _bwd)

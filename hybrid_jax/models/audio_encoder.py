@@ -9,16 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.convert import weights
 from hybrid_jax.models import frontend, mobilenet
 from hybrid_jax.schema import SAMPLE_RATE
 
 
-def resolve_eval_chunk(eval_chunk: int | str) -> int:
-    """"auto" -> 1 on CPU (one example at a time keeps activations in cache), else 0 (whole batch)."""
-    if eval_chunk == "auto":
-        return 1 if jax.default_backend() == "cpu" else 0
-    return int(eval_chunk)
+def resolve_eval_chunk(eval_chunk: int | str, policy: backend_policy.Policy | None = None) -> int:
+    """"auto" -> 1 on CPU (one example at a time keeps activations in cache), else 0 (whole batch),
+    by ``policy`` (default: this process's devices, where the encoder's arrays live)."""
+    return (policy or backend_policy.local()).eval_chunk(eval_chunk)
 
 
 def apply_eval(module: mobilenet.MobileNetV3, variables, inputs, eval_chunk: int | str = "auto",

@@ -2,27 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hybrid_jax.backend import policy as backend_policy
+from hybrid_jax.convert import weights
 from hybrid_jax.models import frontend, pretrained, text
+from hybrid_jax.models.bert import BertConfig
 from hybrid_jax.models import text_encoder as text_encoder_lib
 from hybrid_jax.models.retrieval import AudioSettings, PoolingSettings, RetrievalModel
 
 MINILM = "minilm"  # config.model.text.checkpoint value for the packaged offline MiniLM
 
 
-def compute_dtype(name: str):
-    """"auto": bfloat16 on accelerators, float32 on CPU (XLA:CPU bf16 convs are slow)."""
-    if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+def compute_dtype(name: str, policy: backend_policy.Policy | None = None):
+    """"auto": bfloat16 on accelerators, float32 on CPU (XLA:CPU bf16 convs are slow), by
+    ``policy`` (default: this process's devices); "float32"/"bfloat16" as named."""
+    return (policy or backend_policy.local()).dtype(name)
 
 
 def _require_dir(path: str, what: str) -> pathlib.Path:
@@ -58,10 +60,9 @@ class Built:
     text_variables: dict  # converted BERT variables
 
 
-def build(model_config: ml_collections.ConfigDict) -> Built:
-    """Reads the converted towers named in ``config.model`` and constructs ``RetrievalModel``."""
-    audio_cfg, text_cfg = model_config.audio, model_config.text
-    mel = frontend.MelConfig(
+def config_mel(audio_cfg: ml_collections.ConfigDict) -> frontend.MelConfig:
+    """The front end of a randomly initialised audio tower (``config.model.audio``)."""
+    return frontend.MelConfig(
         n_mels=audio_cfg.n_mels,
         freq_mask_bins=audio_cfg.freq_mask_bins,
         time_mask_frames=audio_cfg.time_mask_frames,
@@ -69,32 +70,35 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
         fmax_aug_range=2000 if audio_cfg.jitter_band_edges else 0,
         fmax=15000.0,
     )
-    audio_variables, width = None, audio_cfg.width_mult
-    if audio_cfg.checkpoint and model_config.fusion.mode != "metadata_only":
-        encoder = pretrained.load_audio_encoder(_require_dir(audio_cfg.checkpoint, "audio (config.model.audio.checkpoint)"))
-        width = encoder.module.width_mult
-        mel = dataclasses.replace(
-            encoder.mel_config,
-            freq_mask_bins=mel.freq_mask_bins,
-            time_mask_frames=mel.time_mask_frames,
-            fmax=encoder.mel_config.fmax_hz,
-            fmin_aug_range=mel.fmin_aug_range,
-            fmax_aug_range=mel.fmax_aug_range,
-        )
-        audio_variables = encoder.variables
-    text_encoder = text_encoder_lib.load(
-        text_checkpoint_dir(text_cfg.checkpoint), max_length=text_cfg.max_length, dropout=text_cfg.dropout
+
+
+def checkpoint_mel(mel: frontend.MelConfig, saved: frontend.MelConfig) -> frontend.MelConfig:
+    """A converted tower's own front end (``saved``) with the config's training augmentation."""
+    return dataclasses.replace(
+        saved,
+        freq_mask_bins=mel.freq_mask_bins,
+        time_mask_frames=mel.time_mask_frames,
+        fmax=saved.fmax_hz,
+        fmin_aug_range=mel.fmin_aug_range,
+        fmax_aug_range=mel.fmax_aug_range,
     )
-    model = RetrievalModel(
+
+
+def retrieval_model(model_config: ml_collections.ConfigDict, policy: backend_policy.Policy, *,
+                    width_mult: float, mel: frontend.MelConfig, text_config) -> RetrievalModel:
+    """``RetrievalModel`` of ``config.model`` with every backend choice resolved by ``policy``
+    (the CNN kernels and the compute dtype), for the given tower architectures."""
+    audio_cfg, text_cfg = model_config.audio, model_config.text
+    return RetrievalModel(
         audio=AudioSettings(
-            width_mult=width,
+            width_mult=width_mult,
             window_seconds=audio_cfg.window_seconds,
             mel=mel,
-            depthwise=audio_cfg.depthwise,
+            depthwise=policy.kernels(audio_cfg.depthwise),
             bn_momentum=audio_cfg.bn_momentum,
             remat=audio_cfg.remat,
         ),
-        text=text_encoder.config,
+        text=text_config,
         pooling=PoolingSettings(**model_config.pooling.to_dict()),
         fusion=model_config.fusion.mode,
         embed_dim=model_config.fusion.embed_dim,
@@ -104,8 +108,53 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
         learn_temperature=model_config.learn_temperature,
         initial_temperature=model_config.temperature,
         loss=model_config.loss,
-        dtype=compute_dtype(model_config.dtype),
+        dtype=policy.dtype(model_config.dtype),
     )
+
+
+def architecture(model_config: ml_collections.ConfigDict, policy: backend_policy.Policy,
+                 text_config=None) -> RetrievalModel:
+    """The model of ``config.model`` from the towers' settings alone: no weights are read.
+
+    A converted audio tower gives its width and front end (``config.json``); without one,
+    ``audio.width_mult`` and the config's front end. The text tower's ``BertConfig`` comes from
+    ``text_config`` if given, else from the converted directory (or the packaged MiniLM).
+    """
+    audio_cfg, text_cfg = model_config.audio, model_config.text
+    mel, width = config_mel(audio_cfg), audio_cfg.width_mult
+    if audio_cfg.checkpoint and model_config.fusion.mode != "metadata_only":
+        directory = _require_dir(audio_cfg.checkpoint, "audio (config.model.audio.checkpoint)")
+        saved = json.loads((directory / weights.CONFIG_FILE).read_text())
+        width = float(saved["width_mult"])
+        mel = checkpoint_mel(mel, frontend.MelConfig(**saved.get("mel", {})))
+    if text_config is None:
+        if text_cfg.checkpoint == MINILM:
+            hf = json.loads((text.minilm_package_dir() / "config.json").read_text())
+        else:
+            directory = _require_dir(text_cfg.checkpoint, "text (config.model.text.checkpoint)")
+            hf = json.loads((directory / weights.CONFIG_FILE).read_text())["hf_config"]
+        text_config = BertConfig.from_hf(hf, dropout=text_cfg.dropout)
+    return retrieval_model(model_config, policy, width_mult=width, mel=mel, text_config=text_config)
+
+
+def build(model_config: ml_collections.ConfigDict, policy: backend_policy.Policy | None = None) -> Built:
+    """Reads the converted towers named in ``config.model`` and constructs ``RetrievalModel``.
+
+    ``policy``: the backend choices of the devices the model will run on (the commands pass the
+    one of their mesh, ``policy.of_mesh``); default: this process's devices."""
+    policy = policy or backend_policy.local()
+    audio_cfg, text_cfg = model_config.audio, model_config.text
+    mel = config_mel(audio_cfg)
+    audio_variables, width = None, audio_cfg.width_mult
+    if audio_cfg.checkpoint and model_config.fusion.mode != "metadata_only":
+        encoder = pretrained.load_audio_encoder(_require_dir(audio_cfg.checkpoint, "audio (config.model.audio.checkpoint)"))
+        width = encoder.module.width_mult
+        mel = checkpoint_mel(mel, encoder.mel_config)
+        audio_variables = encoder.variables
+    text_encoder = text_encoder_lib.load(
+        text_checkpoint_dir(text_cfg.checkpoint), max_length=text_cfg.max_length, dropout=text_cfg.dropout
+    )
+    model = retrieval_model(model_config, policy, width_mult=width, mel=mel, text_config=text_encoder.config)
     return Built(model, text_encoder.tokenizer, audio_variables, text_encoder.variables)
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_jax.backend import depthwise as depthwise_conv
+from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.backend import pointwise
 
 BN_EPSILON = 1e-3
@@ -111,13 +112,13 @@ def channel_plan(width_mult: float) -> ChannelPlan:
     return ChannelPlan(stem, tuple(blocks), last_conv, head_hidden)
 
 
-def resolve_depthwise(depthwise: str) -> str:
-    """"auto" -> "shifted" on CPU (XLA:CPU grouped convs are ~10x slower), else "native"."""
-    if depthwise == "auto":
-        return "shifted" if jax.default_backend() == "cpu" else "native"
-    if depthwise not in ("shifted", "native"):
-        raise ValueError(f"depthwise must be 'auto', 'shifted' or 'native', got {depthwise!r}")
-    return depthwise
+def resolve_depthwise(depthwise: str, policy: backend_policy.Policy | None = None) -> str:
+    """"shifted"/"native" as given; "auto" by ``policy`` (default: this process's devices).
+
+    The training, evaluation and planning paths resolve "auto" from their mesh at build time
+    (``build``), so a module reaching here with "auto" is a standalone one (an ``AudioEncoder``).
+    """
+    return (policy or backend_policy.local()).kernels(depthwise)
 
 
 def spatial_conv(x, kernel, stride: int, depthwise: bool, impl: str, precision=None):

@@ -1,0 +1,106 @@
+"""The backend policy: every CPU-vs-accelerator choice, decided once from the target devices.
+
+The choices are made from the platform of the devices a program is compiled for (the mesh's
+devices, or an explicit target such as a TPU topology on a CPU host), never from
+``jax.default_backend()``: a TPU program planned on a laptop must be the program a TPU host would
+compile, not the laptop's. The commands resolve one ``Policy`` from their mesh and pass it to
+``build`` (model settings), ``state`` (init RNG) and ``Checkpoints`` (Orbax options).
+
+What differs per platform, and why:
+
+* ``kernels``: "shifted" on CPU (the shifted-sum depthwise conv and the per-example kernel-gradient
+  loops of ``hybrid_jax.backend``; XLA:CPU runs grouped convolutions at ~1 GFLOP/s), "native"
+  elsewhere (``lax.conv_general_dilated`` and plain dots, which map onto the MXU / cuDNN; the
+  per-example loops would serialise the batch there).
+* ``dtype("auto")``: float32 on CPU (XLA:CPU bf16 convolutions are slow), bfloat16 on GPU/TPU.
+* ``init_rng_impl``: "rbg" on CPU (threefry compiles one large kernel per parameter on XLA:CPU:
+  minutes for the whole model), "threefry2x32" on accelerators (the same initial values on every
+  accelerator and sharding).
+* ``replica_parallel_save``: Orbax's default on accelerators; off on CPU, where the "devices" share
+  one host memory and the per-replica slicing only costs compilations (``checkpointing``).
+* ``eval_chunk("auto")``: 1 on CPU (one example at a time keeps the CNN's activations in cache),
+  0 (the whole batch) on accelerators.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+KERNELS = ("shifted", "native")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Device.platform spellings of the GPU plugins.
+_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The choices for one target platform ("cpu", "gpu" or "tpu")."""
+
+    platform: str
+
+    def __post_init__(self):
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {PLATFORMS}, got {self.platform!r}")
+
+    @property
+    def accelerator(self) -> bool:
+        return self.platform != "cpu"
+
+    def kernels(self, choice: str = "auto") -> str:
+        """CNN kernels: "auto" -> "shifted" on CPU, "native" on accelerators; or the given one."""
+        if choice == "auto":
+            return "native" if self.accelerator else "shifted"
+        if choice not in KERNELS:
+            raise ValueError(f"depthwise must be 'auto', 'shifted' or 'native', got {choice!r}")
+        return choice
+
+    def dtype(self, name: str = "auto"):
+        """Compute dtype: "auto" -> bfloat16 on accelerators, float32 on CPU; or the named one."""
+        if name == "auto":
+            return jnp.bfloat16 if self.accelerator else jnp.float32
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {name!r}")
+        return DTYPES[name]
+
+    @property
+    def init_rng_impl(self) -> str:
+        """PRNG implementation of the parameter initialisers."""
+        return "threefry2x32" if self.accelerator else "rbg"
+
+    @property
+    def replica_parallel_save(self) -> bool:
+        """Whether Orbax splits each replicated array's save over its replicas."""
+        return self.accelerator
+
+    def eval_chunk(self, choice: int | str = "auto") -> int:
+        """Examples per CNN pass in eval: "auto" -> 1 on CPU, 0 (whole batch) on accelerators."""
+        if choice == "auto":
+            return 0 if self.accelerator else 1
+        return int(choice)
+
+
+def platform_of(devices: Iterable) -> str:
+    """The one platform of ``devices`` (compile-only TPU devices included); mixed is an error."""
+    platforms = {_ALIASES.get(d.platform, d.platform) for d in devices}
+    if len(platforms) != 1:
+        raise ValueError(f"devices of one platform expected, got {sorted(platforms) or 'none'}")
+    return platforms.pop()
+
+
+def of_devices(devices: Iterable) -> Policy:
+    """The policy for programs compiled for ``devices``."""
+    return Policy(platform_of(devices))
+
+
+def of_mesh(mesh: jax.sharding.Mesh) -> Policy:
+    """The policy for programs compiled for ``mesh`` (its devices may be compile-only ones)."""
+    return of_devices(mesh.devices.flat)
+
+
+def local() -> Policy:
+    """The policy for code given no mesh: arrays go to this process's devices."""
+    return of_devices(jax.local_devices())
