@@ -38,7 +38,10 @@ _NESTED = {"audio": AudioSettings, "text": BertConfig, "pooling": PoolingSetting
 
 
 def model_to_dict(model: RetrievalModel) -> dict[str, Any]:
-    """Every constructor field of ``model`` as JSON-able values (dtypes by name)."""
+    """Every constructor field of ``model`` as JSON-able values (dtypes by name).
+
+    The CNN kernels are written as "auto": they change speed, not values, and the loading host's
+    backend policy picks them (a model exported on a CPU runs the native kernels on a TPU)."""
     out = {}
     for field in dataclasses.fields(RetrievalModel):
         if field.name in ("parent", "name"):
@@ -46,6 +49,8 @@ def model_to_dict(model: RetrievalModel) -> dict[str, Any]:
         value = getattr(model, field.name)
         if dataclasses.is_dataclass(value):
             value = dataclasses.asdict(value)
+            if field.name == "audio":
+                value["depthwise"] = "auto"
         elif field.name == "dtype":
             value = jnp.dtype(value).name
         out[field.name] = value
