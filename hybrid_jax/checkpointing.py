@@ -117,7 +117,10 @@ def restore_variables(workdir: str | pathlib.Path, which: str, abstract_variable
 
     ``which``: "best", "latest", or a checkpoint step directory (``.../latest/<step>``).
     Returns (variables, meta) with meta's ``step``."""
-    _save_whole_replicas_on_cpu()
+    # The handler reads too: the same one as the saves, for the devices the arrays go to.
+    shardings = [x.sharding for x in jax.tree.leaves(abstract_variables) if getattr(x, "sharding", None)]
+    devices = {d for s in shardings for d in s.device_set} or set(jax.local_devices())
+    _save_whole_replicas_on_cpu(backend_policy.of_devices(devices))
     if which in ("best", "latest"):
         root = pathlib.Path(workdir).absolute() / "checkpoints" / which
         manager = ocp.CheckpointManager(root, item_names=("state", "meta"))

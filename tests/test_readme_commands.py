@@ -130,6 +130,17 @@ def check_benchmark(ws: pathlib.Path, result):
     assert report["mfu"] is not None and report["config"] == "configs/clotho_late.py"
 
 
+def check_plan(generation: str, batch: int | None):
+    def check(ws: pathlib.Path, result):
+        report = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{"):])[0]
+        assert report["chips"] == 4 and report["platform"] == "tpu" and generation in report["topology"], report
+        assert report["fits"] and (batch is None or report["batch_size"] == batch), report
+        assert report["flops_per_chip_step"] > 0 and report["memory_per_chip"], report
+        if batch is None:
+            assert len(report["max_batch_search"]["tried"]) == 2
+    return check
+
+
 def check_exported(ws: pathlib.Path, result):
     for name in ("model.json", "variables.safetensors", "card.json", "README.md", "vocab.txt"):
         assert (ws / "models" / "demo" / name).is_file(), name
@@ -183,6 +194,7 @@ def check_in_ci(ws: pathlib.Path, tokens: list[str]):
 RECIPES = [
     Recipe("setup", ("tools/setup.sh",), ci_only=True),
     Recipe("pytest", ("-m", "pytest"), ci_only=True),
+    Recipe("install_tpu_compiler", ("install", "-r", "requirements-tpu.txt"), ci_only=True),
     Recipe("demo", ("-m", "hybrid_jax.train", "--config", "configs/demo.py"), DEMO,
            check=check_trained("workdirs/demo")),
     Recipe("demo_baseline", ("-m", "hybrid_jax.train", "--config", "configs/demo_baseline.py"), DEMO,
@@ -227,6 +239,16 @@ RECIPES = [
     Recipe("benchmark", ("-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py"),
            ["--batch-size", "8", "--steps", "1", "--warmup", "0", "--config.data.clip_seconds=10"],
            needs=("convert_efficientat_pt", "convert_bert"), check=check_benchmark),
+    # Compile-only TPU plans with the fixture towers: a smaller slice of the same generation (the
+    # compile time grows with the model, not with the chips), 2 s clips, two compilations at most.
+    Recipe("plan_v5p", ("-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py", "--topology"),
+           ["--config.data.clip_seconds=2"], replace={"v5p:4x4x4": "v5p:2x2x1", "4096": "16"},
+           needs=("convert_efficientat_pt", "convert_bert"), check=check_plan("v5p", 16)),
+    Recipe("plan_v5e_max_batch", ("-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py", "--topology",
+                                  "v5e:4x4", "--max-batch"),
+           ["--config.data.clip_seconds=2", "--start-per-chip", "2", "--max-compiles", "2"],
+           replace={"v5e:4x4": "v5e:2x2"}, needs=("convert_efficientat_pt", "convert_bert"),
+           check=check_plan("v5e", None)),
 ]
 
 
@@ -263,7 +285,8 @@ def test_every_readme_command_has_a_recipe():
     assert len(commands) >= 15
     assert used == {r.name for r in RECIPES}, f"recipes for no README command: {sorted({r.name for r in RECIPES} - used)}"
     for tokens in commands:
-        assert tokens[0] in (".venv/bin/python", "bash"), f"run it with the project's venv: {shlex.join(tokens)}"
+        assert tokens[0] in (".venv/bin/python", ".venv/bin/pip", "bash"), f"run it with the project's venv: {shlex.join(tokens)}"
+    assert len(used) == len(commands), "two README commands share a recipe"
 
 
 # ---- inputs the README assumes the user has (downloads), made here from fixtures ----
@@ -335,7 +358,12 @@ class Workspace:
         self.root = root
         for name in ("configs", "tools"):
             (root / name).symlink_to(REPO / name, target_is_directory=True)
-        self.commands = {recipe_for(tokens).name: tokens for tokens in readme_commands()}
+        self.commands = {}
+        for tokens in readme_commands():
+            name = recipe_for(tokens).name
+            if name in self.commands:  # a second command would silently replace the first
+                raise LookupError(f"two README commands share the recipe {name!r}: give each its own")
+            self.commands[name] = tokens
         self.done: dict[str, object] = {}
 
     def ensure(self, name: str):
