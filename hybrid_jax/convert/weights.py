@@ -50,7 +50,8 @@ def save_variables(directory: str | pathlib.Path, variables: Mapping[str, Any]) 
     """Writes ``variables`` (host or device arrays) as ``directory/variables.safetensors``, float32."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    flat = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flatten(variables).items()}
+    # np.array, not np.ascontiguousarray: that one turns a 0-d scalar (log temperature) into [1].
+    flat = {k: np.array(v, np.float32, order="C") for k, v in flatten(variables).items()}
     save_file(flat, str(directory / VARIABLES_FILE))
     return directory / VARIABLES_FILE
 

@@ -93,6 +93,7 @@ def build(model_config: ml_collections.ConfigDict) -> Built:
             depthwise=audio_cfg.depthwise,
             bn_momentum=audio_cfg.bn_momentum,
             remat=audio_cfg.remat,
+            tokens=audio_cfg.get("tokens", "frame"),  # configs written before the key: frame tokens
         ),
         text=text_encoder.config,
         pooling=PoolingSettings(**model_config.pooling.to_dict()),
