@@ -64,3 +64,30 @@ def test_mid_fusion_similarity_mixes_experts_and_falls_back_to_audio():
     }
     s = fusion.similarity(q, items)
     np.testing.assert_allclose(s, [[0.25 * 1 + 0.75 * 1, 0.0]], atol=1e-6)
+
+
+def test_pytorch_initialisation_of_the_layers_trained_from_scratch():
+    dim, width, mlp = 64, 48, 128
+    pool = PoolingTransformer(dim=dim, num_layers=1, num_heads=4, mlp_dim=mlp, dropout=0.1, max_len=8)
+    tokens = jnp.zeros((1, 3, width))
+    params = pool.init(jax.random.PRNGKey(0), tokens, jnp.ones((1, 3), bool), train=False)["params"]
+    layer = params["layer_0"]
+
+    def spans(x, bound):  # uniform on [-bound, bound]: inside, and reaching close to both ends
+        x = np.asarray(x)
+        return np.abs(x).max() <= bound and x.max() > 0.9 * bound and x.min() < -0.9 * bound
+
+    # nn.Linear: weight and bias U(+-1/sqrt(fan_in)).
+    assert spans(params["in_proj"]["kernel"], 1 / np.sqrt(width)) and spans(params["in_proj"]["bias"], 1 / np.sqrt(width))
+    assert spans(layer["mlp_in"]["kernel"], 1 / np.sqrt(dim)) and spans(layer["mlp_in"]["bias"], 1 / np.sqrt(dim))
+    assert spans(layer["mlp_out"]["kernel"], 1 / np.sqrt(mlp)) and spans(layer["mlp_out"]["bias"], 1 / np.sqrt(mlp))
+    # nn.MultiheadAttention: packed q/k/v Xavier-uniform over [3D, D], out_proj a Linear weight,
+    # all four biases zero.
+    for name in ("query", "key", "value"):
+        assert spans(layer["attn"][name]["kernel"], np.sqrt(6 / (4 * dim)))
+    assert spans(layer["attn"]["out"]["kernel"], 1 / np.sqrt(dim))
+    for name in ("query", "key", "value", "out"):
+        assert not np.any(layer["attn"][name]["bias"])
+    assert 0.025 < float(np.std(params["global_token"])) < 0.055  # N(0, 0.04^2), 64 draws
+    assert float(params["position_scale"]) == 1.0
+    assert set(params) == {"in_proj", "layer_0", "global_token", "position_scale"}  # no final LayerNorm
