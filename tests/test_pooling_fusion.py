@@ -91,3 +91,17 @@ def test_pytorch_initialisation_of_the_layers_trained_from_scratch():
     assert 0.025 < float(np.std(params["global_token"])) < 0.055  # N(0, 0.04^2), 64 draws
     assert float(params["position_scale"]) == 1.0
     assert set(params) == {"in_proj", "layer_0", "global_token", "position_scale"}  # no final LayerNorm
+
+
+def test_layer_norm_is_torchs():
+    # eps 1e-5 and the two-pass variance of torch.nn.LayerNorm; the fixture's activations are too
+    # large for eps to show, so it is checked here on inputs of small variance and a large mean.
+    from hybrid_jax.models.pooling import _layer_norm
+
+    x = (10.0 + 3e-3 * jax.random.normal(jax.random.PRNGKey(0), (4, 16))).astype(jnp.float32)
+    norm = _layer_norm("norm")
+    y = norm.apply(norm.init(jax.random.PRNGKey(1), x), x)
+    xd = np.asarray(x, np.float64)
+    mean = xd.mean(-1, keepdims=True)
+    want = (xd - mean) / np.sqrt(((xd - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, want, atol=2e-3)
