@@ -221,3 +221,47 @@ def test_model_directory_has_their_settings_on_the_card(converted):
     assert loaded.card["hyper_parameters"]["audio_features"]["sequence_model"]["num_layers"] == \
         loaded.model.pooling.num_layers
     assert isinstance(loaded.model, RetrievalModel)
+
+
+def test_variant_without_pooling_layers(fixture):
+    """num_layers=0 in their code: the masked mean of the window embeddings, then project_audio
+    from the backbone width; the pooling keys are unused."""
+    folder, _, outputs, _ = fixture
+    state_dict, hparams, _ = salsa.read(folder / "model.ckpt")
+    for key in [k for k in state_dict if k.startswith("audio_sequence.")]:
+        del state_dict[key]
+    width = outputs["window_embeddings"].shape[-1]
+    rng = np.random.default_rng(0)
+    embed = state_dict["project_audio.0.weight"].shape[0]
+    state_dict["project_audio.0.weight"] = rng.uniform(-0.05, 0.05, (embed, width)).astype(np.float32)
+    hparams["audio_features"]["sequence_model"]["num_layers"] = 0
+    conversion = salsa.convert(state_dict, hparams)
+    assert conversion.model.pooling.num_layers == 0
+    assert "pool" not in conversion.variables["params"] and "audio_token" in conversion.dropped
+
+    def pool_and_project(module, tokens, mask):
+        return module.audio_proj(module.pool(tokens, mask, train=False)[0])
+
+    mask = outputs["window_mask"]
+    got = conversion.model.apply(conversion.variables, outputs["window_embeddings"], mask.astype(bool),
+                                 method=pool_and_project)
+    mean = (outputs["window_embeddings"] * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    want = mean @ state_dict["project_audio.0.weight"].T + state_dict["project_audio.0.bias"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_variant_with_a_separate_metadata_encoder(fixture):
+    folder = fixture[0]
+    state_dict, hparams, _ = salsa.read(folder / "model.ckpt")
+    for key in [k for k in state_dict if k.startswith(salsa.TEXT_PREFIX) or k.startswith("project_sentence.")]:
+        twin = key.replace(salsa.TEXT_PREFIX, salsa.META_PREFIX).replace("project_sentence.", "project_metadata.")
+        state_dict[twin] = state_dict[key] + 1.0
+    hparams["use_separate_metadata_embedding_model"] = True
+    conversion = salsa.convert(state_dict, hparams)
+    params = conversion.variables["params"]
+    assert conversion.model.separate_metadata_encoder
+    np.testing.assert_array_equal(params["meta_proj"]["kernel"], state_dict["project_metadata.0.weight"].T)
+    np.testing.assert_array_equal(params["meta_bert"]["embeddings"]["word_embeddings"]["embedding"],
+                                  state_dict["metadata_embedding_model.embeddings.word_embeddings.weight"])
+    np.testing.assert_array_equal(params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+                                  state_dict["sentence_embedding_model.embeddings.word_embeddings.weight"])

@@ -70,6 +70,7 @@ DEFAULTS = {
     "audio_features.aggregate": "mean",
     "audio_features.sequence_model.num_layers": 0,
     "audio_features.sequence_model.nhead": 12,
+    "audio_features.sequence_model.dim_feedforward": 2048,
     "audio_features.sequence_model.use_first_token": True,
     "audio_features.sequence_model.norm_first": True,
     "audio_features.sequence_model.dropout": 0.1,
@@ -256,7 +257,9 @@ def build_model(state_dict: Mapping[str, np.ndarray], hparams: Mapping[str, Any]
     width = audio_width(state_dict, source)
     dim = int(state_dict["audio_token"].shape[-1])
     max_len = int(state_dict["posencode.pe"].shape[1])
-    mlp_dim = int(state_dict["audio_sequence.0.linear1.weight"].shape[0]) if num_layers else 2048
+    first_mlp = state_dict.get("audio_sequence.0.linear1.weight")  # absent: reported with the other keys
+    mlp_dim = int(first_mlp.shape[0]) if first_mlp is not None else int(
+        setting(hparams, "audio_features.sequence_model.dim_feedforward"))
     heads = int(setting(hparams, "audio_features.sequence_model.nhead"))
     if num_layers and dim % heads:
         raise ConversionError(f"{source}: pooling width {dim} is not divisible by nhead = {heads}")
