@@ -1,5 +1,8 @@
 """Table I, AudioCaps: bert-large hybrid, AudioSet labels, late fusion. Paper: 58.56 mAP@10.
 
+Model: "window" audio tokens (one per 10 s window: 1 per AudioCaps clip) and 2 pooling
+transformer layers; configs/base.py says why.
+
 Run: python -m hybrid_jax.train --config configs/audiocaps_large_late.py --workdir workdirs/audiocaps_large_late
 """
 from configs import audiocaps_late

@@ -1,5 +1,8 @@
 """Table I, AudioCaps: hybrid, AudioSet labels (closed-set tags), late fusion. Paper: 57.83.
 
+Model: "window" audio tokens (one per 10 s window: 1 per AudioCaps clip) and 2 pooling
+transformer layers; configs/base.py says why.
+
 Run: python -m hybrid_jax.train --config configs/audiocaps_late.py --workdir workdirs/audiocaps_late
 """
 from configs import clotho_late

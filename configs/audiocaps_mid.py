@@ -1,5 +1,8 @@
 """Table I, AudioCaps: hybrid, AudioSet labels, mid-level fusion. Paper: 57.40 mAP@10.
 
+Model: "window" audio tokens (one per 10 s window: 1 per AudioCaps clip) and 2 pooling
+transformer layers; configs/base.py says why.
+
 Run: python -m hybrid_jax.train --config configs/audiocaps_mid.py --workdir workdirs/audiocaps_mid
 """
 from configs import clotho_mid

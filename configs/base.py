@@ -14,11 +14,18 @@ def get_config() -> ml_collections.ConfigDict:
     audio.checkpoint = "pretrained/mn40_as_ext"  # dir from tools/convert_efficientat.py; None = random init
     audio.width_mult = 4.0  # MobileNetV3 width, used only when checkpoint is None
     audio.n_mels = 128  # mel bands, used only when checkpoint is None (a checkpoint brings its own)
-    audio.window_seconds = 10.0  # the CNN sees 10 s windows (hop 10 s); tokens are concatenated
+    audio.window_seconds = 10.0  # the CNN sees 10 s windows, hop 10 s (authors: segment_length = hop_length = 10)
+    # What the pooling transformer sees. "window": one token per window, the CNN's pooled
+    # embedding (the authors' code as configured at 8d97913, return_sequence=False: 3 tokens for
+    # 30 s, 1 for AudioCaps); "frame": the frequency-averaged feature map, 32 tokens per 10 s
+    # window (their return_sequence=True). The paper does not say; the rows use the configured one.
+    audio.tokens = "window"
     audio.depthwise = "auto"  # depthwise conv: "auto" (shifted-sum on CPU, native on GPU/TPU), "shifted", "native"
     audio.bn_momentum = 0.99  # BN running-average decay (Flax convention; EfficientAT's PyTorch momentum 0.01)
-    audio.freq_mask_bins = 48  # SpecAugment: max width of the one frequency mask (of 128 mel bins)
-    audio.time_mask_frames = 192  # SpecAugment: max width of the one time mask per 10 s window
+    # SpecAugment (training only): EfficientAT's wrapper defaults; the authors' config at 8d97913
+    # passes freqm = timem = 0 (off). 0 here reproduces that.
+    audio.freq_mask_bins = 48  # max width of the one frequency mask (of 128 mel bins)
+    audio.time_mask_frames = 192  # max width of the one time mask per 10 s window
     audio.jitter_band_edges = True  # training-time random fmin/fmax of the mel bank (EfficientAT)
     audio.remat = False  # recompute each CNN block in the backward (less activation memory, ~1/3 more compute)
     model.text = text = ml_collections.ConfigDict()
@@ -29,17 +36,21 @@ def get_config() -> ml_collections.ConfigDict:
     text.separate_metadata_encoder = False  # a second BERT + projection for metadata (ablation)
     text.remat = False  # rematerialise BERT layers in the backward pass
     model.pooling = pooling = ml_collections.ConfigDict()
-    pooling.dim = 768  # width of the pooling transformer
-    pooling.num_layers = 1  # pre-norm layers (not published; the code default 0 = mean pooling)
-    pooling.num_heads = 12  # attention heads
-    pooling.mlp_dim = 2048  # feed-forward width
-    pooling.dropout = 0.1  # dropout in the pooling transformer
-    pooling.max_len = 192  # max audio tokens (30 s = 96 tokens)
+    pooling.dim = 768  # width of the pooling transformer (authors' default; the tokens get a Linear to it)
+    # Pre-norm encoder layers. The paper says "multiple transformer encoder layers" without a
+    # number; the authors' code defaults to 0 (= masked mean of the window embeddings, no
+    # transformer). 2 is the fewest that is "multiple". 0 reproduces their default.
+    pooling.num_layers = 2
+    pooling.num_heads = 12  # attention heads (authors' default)
+    pooling.mlp_dim = 2048  # feed-forward width (authors' default)
+    pooling.dropout = 0.1  # dropout in the layers and on attention weights (authors' default)
+    pooling.max_len = 192  # length of the position table (authors: 64 * 3); 30 s = 3 window or 96 frame tokens
+    pooling.position_dropout = 0.1  # dropout after adding positions (their PositionalEncoding's fixed default)
     model.fusion = fusion = ml_collections.ConfigDict()
     fusion.mode = "none"  # "none" (content-only), "late", "mid", "metadata_only"
     fusion.embed_dim = 1024  # retrieval space width
-    model.temperature = 0.05  # NT-Xent tau (initial value when learned)
-    model.learn_temperature = False  # learn tau (older authors' code: True with init 0.02)
+    model.temperature = 0.05  # NT-Xent tau (initial value when learned; authors: initial_tau 0.05)
+    model.learn_temperature = False  # learn tau (authors at 8d97913: freeze_tau=True; older code: learned, init 0.02)
     model.loss = "nt_xent"  # "nt_xent" (tau above) or "siglip" (sigmoid; learned scale/bias, init 10/-10)
 
     config.data = data = ml_collections.ConfigDict()

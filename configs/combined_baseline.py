@@ -2,6 +2,9 @@
 
 Evaluates on Clotho; run evaluate with --config.data.eval_name=audiocaps for the AudioCaps column.
 
+Model: "window" audio tokens (one per 10 s window) and 2 pooling transformer layers;
+configs/base.py says why.
+
 Run: python -m hybrid_jax.train --config configs/combined_baseline.py --workdir workdirs/combined_baseline
 """
 from configs import clotho_baseline

@@ -25,7 +25,9 @@ def get_config():
     config.model.text.checkpoint = "minilm"  # the packaged all-MiniLM-L6-v2 (converted on first use)
     config.model.text.trainable = False  # frozen: keeps the demo within minutes on 2 CPU cores
     config.model.text.dropout = 0.0  # no dropout in a frozen encoder
+    config.model.audio.tokens = "frame"  # 16 time steps per 5 s window (window tokens would give 1)
     config.model.pooling.dim = 256  # small pooling transformer
+    config.model.pooling.num_layers = 1  # one layer suffices for the small demo (the paper rows use 2)
     config.model.pooling.num_heads = 4  # 64 per head
     config.model.pooling.mlp_dim = 512  # feed-forward width
     config.model.fusion.mode = "late"  # normalize(audio + keywords)

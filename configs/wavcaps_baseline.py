@@ -1,5 +1,8 @@
 """Table II: trained on the WavCaps FreeSound subset, no metadata, tested on ClothoV2. Paper: 30.35.
 
+Model: "window" audio tokens (one per 10 s window) and 2 pooling transformer layers;
+configs/base.py says why.
+
 Run: python -m hybrid_jax.train --config configs/wavcaps_baseline.py --workdir workdirs/wavcaps_baseline
 """
 from configs import clotho_baseline

@@ -9,6 +9,7 @@ from ml_collections import ConfigDict
 from hybrid_jax.gradcache import ACCUMULATIONS
 from hybrid_jax.losses import LOSS_IMPLS, LOSSES
 from hybrid_jax.models.fusion import FUSION_MODES
+from hybrid_jax.models.retrieval import TOKEN_MODES
 
 # The prepared datasets (hybrid_jax.data.prepare.preparation.BUILDERS; not imported here because
 # it loads TFDS: tests/test_config_checks.py keeps the two equal).
@@ -69,6 +70,7 @@ def check(config: ConfigDict, *, num_devices: int | None = None, process_count: 
     _choice(problems, "model.fusion.mode", mode, FUSION_MODES)
     _choice(problems, "model.dtype", m.dtype, DTYPES)
     _choice(problems, "model.audio.depthwise", m.audio.depthwise, DEPTHWISE)
+    _choice(problems, "model.audio.tokens", m.audio.get("tokens", "frame"), TOKEN_MODES)
     _choice(problems, "model.loss", m.loss, LOSSES)
     _choice(problems, "train.loss_impl", t.loss_impl, LOSS_IMPLS)
     _choice(problems, "train.accumulation", t.accumulation, ACCUMULATIONS)
@@ -88,6 +90,9 @@ def check(config: ConfigDict, *, num_devices: int | None = None, process_count: 
                         "mixes two experts per query (use train.loss_impl = 'plain')")
     if not 0.0 <= d.metadata_dropout <= 1.0:
         problems.append(f"data.metadata_dropout = {d.metadata_dropout} is not a probability")
+    if mode == "mid" and m.pooling.num_layers < 1:
+        problems.append("model.fusion.mode = 'mid' adds a metadata token to the pooling transformer, but "
+                        f"model.pooling.num_layers = {m.pooling.num_layers} (use at least 1)")
     if m.pooling.dim % m.pooling.num_heads:
         problems.append(f"model.pooling.dim = {m.pooling.dim} is not divisible by model.pooling.num_heads = "
                         f"{m.pooling.num_heads}")

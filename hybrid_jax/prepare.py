@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="crop longer clips (<=0: never)")
     parser.add_argument("--blacklist", default=None, help="wavcaps_freesound: JSON/CSV of ids to exclude")
     parser.add_argument("--csv-dir", default=None, help="audiocaps: folder of train/val/test.csv")
+    parser.add_argument("--keep-unlabelled", action="store_true",
+                        help="audiocaps: keep clips without AudioSet labels (default: dropped, as the authors do)")
     args = parser.parse_args(argv)
     options = {
         "decode_threads": args.decode_threads,
@@ -32,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--blacklist applies to wavcaps_freesound only")
     if args.dataset == "audiocaps":
         options["csv_dir"] = args.csv_dir
-    elif args.csv_dir:
-        parser.error("--csv-dir applies to audiocaps only")
+        options["keep_unlabelled"] = args.keep_unlabelled
+    elif args.csv_dir or args.keep_unlabelled:
+        parser.error("--csv-dir and --keep-unlabelled apply to audiocaps only")
     path = preparation.report_path(args.dataset, args.data_dir)
     try:
         report = preparation.prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite, **options)

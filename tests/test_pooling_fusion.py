@@ -7,17 +7,22 @@ from hybrid_jax.models import fusion
 from hybrid_jax.models.pooling import PoolingTransformer
 
 
-def test_padding_tokens_do_not_change_the_output():
+def test_padding_tokens_enter_only_through_the_global_tokens_mean():
+    # The authors' code: padded tokens are masked as attention keys, but the global token starts
+    # as a learned vector plus the mean over ALL projected tokens, padding included.
     pool = PoolingTransformer(dim=32, num_layers=2, num_heads=4, mlp_dim=64, dropout=0.1, max_len=16)
     rng = jax.random.PRNGKey(0)
     tokens = jax.random.normal(rng, (2, 10, 24))
     mask = jnp.array([[True] * 6 + [False] * 4, [True] * 10])
     variables = pool.init(rng, tokens, mask, train=False)
     out, _ = pool.apply(variables, tokens, mask, train=False)
-    garbage = tokens.at[0, 6:].set(1e3 * jax.random.normal(jax.random.PRNGKey(1), (4, 24)))
-    out2, _ = pool.apply(variables, garbage, mask, train=False)
-    np.testing.assert_allclose(out[0], out2[0], atol=1e-5)
+    noise = 1e3 * jax.random.normal(jax.random.PRNGKey(1), (4, 24))
+    same_sum = tokens.at[0, 6:].set(tokens[0, 6:] + noise - noise.mean(axis=0))
+    out2, _ = pool.apply(variables, same_sum, mask, train=False)
+    np.testing.assert_allclose(out[0], out2[0], atol=2e-4)  # huge padded keys: ignored
     np.testing.assert_allclose(out[1], out2[1], atol=1e-6)
+    shifted, _ = pool.apply(variables, tokens.at[0, 6:].add(1.0), mask, train=False)
+    assert np.abs(shifted[0] - out[0]).max() > 1e-3  # their mean includes the padding
     # Positions matter, and the real tokens do change the output.
     out3, _ = pool.apply(variables, tokens.at[0, 2].add(1.0), mask, train=False)
     assert np.abs(out3[0] - out[0]).max() > 1e-4
@@ -59,3 +64,44 @@ def test_mid_fusion_similarity_mixes_experts_and_falls_back_to_audio():
     }
     s = fusion.similarity(q, items)
     np.testing.assert_allclose(s, [[0.25 * 1 + 0.75 * 1, 0.0]], atol=1e-6)
+
+
+def test_pytorch_initialisation_of_the_layers_trained_from_scratch():
+    dim, width, mlp = 64, 48, 128
+    pool = PoolingTransformer(dim=dim, num_layers=1, num_heads=4, mlp_dim=mlp, dropout=0.1, max_len=8)
+    tokens = jnp.zeros((1, 3, width))
+    params = pool.init(jax.random.PRNGKey(0), tokens, jnp.ones((1, 3), bool), train=False)["params"]
+    layer = params["layer_0"]
+
+    def spans(x, bound):  # uniform on [-bound, bound]: inside, and reaching close to both ends
+        x = np.asarray(x)
+        return np.abs(x).max() <= bound and x.max() > 0.9 * bound and x.min() < -0.9 * bound
+
+    # nn.Linear: weight and bias U(+-1/sqrt(fan_in)).
+    assert spans(params["in_proj"]["kernel"], 1 / np.sqrt(width)) and spans(params["in_proj"]["bias"], 1 / np.sqrt(width))
+    assert spans(layer["mlp_in"]["kernel"], 1 / np.sqrt(dim)) and spans(layer["mlp_in"]["bias"], 1 / np.sqrt(dim))
+    assert spans(layer["mlp_out"]["kernel"], 1 / np.sqrt(mlp)) and spans(layer["mlp_out"]["bias"], 1 / np.sqrt(mlp))
+    # nn.MultiheadAttention: packed q/k/v Xavier-uniform over [3D, D], out_proj a Linear weight,
+    # all four biases zero.
+    for name in ("query", "key", "value"):
+        assert spans(layer["attn"][name]["kernel"], np.sqrt(6 / (4 * dim)))
+    assert spans(layer["attn"]["out"]["kernel"], 1 / np.sqrt(dim))
+    for name in ("query", "key", "value", "out"):
+        assert not np.any(layer["attn"][name]["bias"])
+    assert 0.025 < float(np.std(params["global_token"])) < 0.055  # N(0, 0.04^2), 64 draws
+    assert float(params["position_scale"]) == 1.0
+    assert set(params) == {"in_proj", "layer_0", "global_token", "position_scale"}  # no final LayerNorm
+
+
+def test_layer_norm_is_torchs():
+    # eps 1e-5 and the two-pass variance of torch.nn.LayerNorm; the fixture's activations are too
+    # large for eps to show, so it is checked here on inputs of small variance and a large mean.
+    from hybrid_jax.models.pooling import _layer_norm
+
+    x = (10.0 + 3e-3 * jax.random.normal(jax.random.PRNGKey(0), (4, 16))).astype(jnp.float32)
+    norm = _layer_norm("norm")
+    y = norm.apply(norm.init(jax.random.PRNGKey(1), x), x)
+    xd = np.asarray(x, np.float64)
+    mean = xd.mean(-1, keepdims=True)
+    want = (xd - mean) / np.sqrt(((xd - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, want, atol=2e-3)

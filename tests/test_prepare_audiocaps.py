@@ -1,4 +1,5 @@
-"""AudioCaps preparation: the CSVs, every audio naming of the download tools, AudioSet labels joined."""
+"""AudioCaps preparation: the CSVs, every audio naming of the download tools, AudioSet labels joined
+in class-index order, clips without labels dropped (the authors' code) unless kept on request."""
 import numpy as np
 import pytest
 from dataset_files import write_audio, write_csv
@@ -17,11 +18,12 @@ LABELS = (
 )
 SEGMENTS = (
     "# Segments csv created Sun Mar  5 10:54:31 2017\n"
-    "# num_ytids=3, num_segs=3, num_unique_labels=527, num_positive_labels=5\n"
+    "# num_ytids=4, num_segs=4, num_unique_labels=527, num_positive_labels=7\n"
     "# YTID, start_seconds, end_seconds, positive_labels\n"
     '--aac_clip1, 30.000, 40.000, "/m/09x0r,/m/05zppz"\n'
     'dl_clip____, 0.000, 10.000, "/m/015p6"\n'
-    'ytonly_clip, 50.000, 60.000, "/t/dd00088,/m/015p6"\n'
+    'ytonly_clip, 50.000, 60.000, "/t/dd00088,/m/015p6"\n'  # CSV order Gush, Bird; index order Bird, Gush
+    'testclip001, 0.000, 10.000, "/m/09x0r,/m/09x0r"\n'  # a repeated id counts once
 )
 
 
@@ -55,6 +57,13 @@ def audiocaps(tmp_path_factory):
     return root, out, preparation.prepare("audiocaps", root, out, decode_threads=2)
 
 
+@pytest.fixture(scope="module")
+def audiocaps_kept(audiocaps, tmp_path_factory):
+    root = audiocaps[0]
+    out = tmp_path_factory.mktemp("audiocaps_kept")
+    return out, preparation.prepare("audiocaps", root, out, decode_threads=2, keep_unlabelled=True)
+
+
 def test_audioset_files_parse():
     import pathlib
     import tempfile
@@ -68,22 +77,28 @@ def test_audioset_files_parse():
         segments.write_text(SEGMENTS)
         cols = ["YTID", "start_seconds", "end_seconds", "positive_labels"]
         rows = csv_io.read_table(segments, fieldnames=cols, comment="#", skip_initial_space=True).rows
-        assert len(rows) == 3 and rows[0]["positive_labels"] == "/m/09x0r,/m/05zppz"
+        assert len(rows) == 4 and rows[0]["positive_labels"] == "/m/09x0r,/m/05zppz"
         assert rows[0]["YTID"] == "--aac_clip1" and rows[0]["start_seconds"] == "30.000"
 
 
 def test_report(audiocaps):
     _, _, report = audiocaps
     train, val, test = (report["splits"][s] for s in ("train", "validation", "test"))
-    assert (train["rows_read"], train["examples_written"]) == (4, 3)
-    assert train["rejected"] == [{"file": "missing_cli_0", "reason": "audio missing (removed from YouTube or not downloaded)"}]
+    assert (train["rows_read"], train["examples_written"]) == (4, 2)
+    assert train["rejected"] == [  # in CSV order
+        {"file": "xieh97clip1_12", "reason": "no AudioSet labels (dropped as in the authors' code; "
+                                             "--keep-unlabelled keeps it)"},
+        {"file": "missing_cli_0", "reason": "audio missing (removed from YouTube or not downloaded)"},
+    ]
+    assert report["options"]["keep_unlabelled"] is False
     assert (val["rows_read"], val["examples_written"], test["examples_written"]) == (1, 1, 1)
     fixes = {f["file"]: f["fix"] for f in train["fixes"]}
     assert "youtube id only" in fixes["ytonly_clip_40"]
     assert "audiocap_id" in {f["file"]: f["fix"] for f in val["fixes"]}["dl_clip_____0"]
     assert "latin-1" in str(test["fixes"]) or "cp1252" in str(test["fixes"])
     assert train["conversions"]["AudioSet labels joined by youtube id only"] == 1
-    assert train["conversions"]["no AudioSet labels (metadata missing)"] == 1
+    assert "no AudioSet labels (metadata missing)" not in train["conversions"]
+    # The dropped clip's file was matched to its row: it is not an unused file.
     assert [f.rsplit("/", 1)[-1] for f in report["unused_files"]["files"]] == ["Yunused_clip.wav"]
     for split in report["splits"].values():
         assert split["rows_read"] == split["examples_written"] + len(split["rejected"])
@@ -98,12 +113,31 @@ def test_examples(audiocaps):
     assert train.captions[i] == ["A man speaks, then a bird \u201csings\u201d"]
     assert train.keywords[i] == ["Speech", "Male speech, man speaking"]
     assert train.num_samples[i] == 320000
-    j = by_id["xieh97clip1_12000_22000.wav"]
-    assert train.num_samples[j] == 16000 and train.keywords[j] == []  # short stereo 48k kept
-    assert train.keywords[by_id["Yytonly_clip.wav"]] == ["Gush", "Bird"]
+    assert "xieh97clip1_12000_22000.wav" not in by_id  # no AudioSet labels: dropped
+    assert train.keywords[by_id["Yytonly_clip.wav"]] == ["Bird", "Gush"]  # class-index order
     val = open_split("audiocaps", out, "validation")
     assert len(val) == 1 and val.captions[0] == [f"Birds chirp, take {k}" for k in range(5)]
     assert val.keywords[0] == ["Bird"] and val.num_samples[0] == 64000
     test = open_split("audiocaps", out, "test")
-    assert test.captions[0] == ["Caf\xe9 noise"]
+    assert test.captions[0] == ["Caf\xe9 noise"] and test.keywords[0] == ["Speech"]
     assert test.audio(0).dtype == np.int16
+
+
+def test_keep_unlabelled_keeps_them_with_empty_metadata(audiocaps_kept):
+    out, report = audiocaps_kept
+    train = report["splits"]["train"]
+    assert (train["rows_read"], train["examples_written"], len(train["rejected"])) == (4, 3, 1)
+    assert train["conversions"]["no AudioSet labels (metadata missing)"] == 1
+    assert report["options"]["keep_unlabelled"] is True
+    split = open_split("audiocaps", out, "train")
+    j = {n: i for i, n in enumerate(split.file_names)}["xieh97clip1_12000_22000.wav"]
+    assert split.num_samples[j] == 16000 and split.keywords[j] == []  # short stereo 48k kept
+
+
+def test_missing_label_files_fail_unless_unlabelled_clips_are_kept(audiocaps, tmp_path):
+    import shutil
+
+    root = tmp_path / "no_labels"
+    shutil.copytree(audiocaps[0], root, ignore=shutil.ignore_patterns("*_segments.csv", "class_labels_indices.csv"))
+    with pytest.raises(FileNotFoundError, match="--keep-unlabelled"):
+        preparation.prepare("audiocaps", root, tmp_path / "out", decode_threads=2)

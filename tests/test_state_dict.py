@@ -10,6 +10,7 @@ import pytest
 from hybrid_jax.convert.state_dict import (
     CheckpointError,
     UnsafeCheckpointError,
+    read_checkpoint,
     read_state_dict,
 )
 
@@ -135,3 +136,20 @@ def test_rejects_non_state_dicts_and_bad_views(tmp_path):
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=r"list\.pt"):
         read_state_dict(path)
+
+
+def test_lightning_checkpoint_with_sacred_hyper_parameters(tmp_path):
+    # A Lightning checkpoint of a Sacred experiment: hyper_parameters hold Sacred's read-only
+    # containers, pickled as REDUCE(ReadOnlyDict, (a plain dict,)); they come back as plain data.
+    read_only = torch_format.Global("sacred.config.custom_containers", "ReadOnlyDict")
+    read_only_list = torch_format.Global("sacred.config.custom_containers", "ReadOnlyList")
+    hparams = {"audio_features": torch_format.Call(read_only, ({"segment_length": 10},)),
+               "languages": torch_format.Call(read_only_list, (["de", "fr"],)), "initial_tau": 0.05}
+    path = tmp_path / "last.ckpt"
+    torch_format.save_zip({"state_dict": {"tau": np.full(1, 0.05, np.float32)}, "hyper_parameters": hparams,
+                           "epoch": 7}, path)
+    state_dict, extras = read_checkpoint(path)
+    assert list(state_dict) == ["tau"] and extras["epoch"] == 7
+    assert extras["hyper_parameters"] == {"audio_features": {"segment_length": 10}, "languages": ["de", "fr"],
+                                          "initial_tau": 0.05}
+    assert type(extras["hyper_parameters"]["audio_features"]) is dict

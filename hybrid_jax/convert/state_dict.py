@@ -10,11 +10,14 @@
   raw bytes).
 
 The pickle is read by an unpickler whose ``find_class`` knows only what a state dict needs (an
-``OrderedDict``, the tensor and parameter rebuild functions, the storage types) and implements each
-itself, so no code from the file ever runs. Anything else raises ``UnsafeCheckpointError`` naming
-the file and the global. Unreadable, truncated or inconsistent files raise ``CheckpointError``.
-Arrays keep their stored dtype (float32, float16, ``ml_dtypes.bfloat16``, int64, ...); a checkpoint
-that wraps the state dict under "state_dict" or "model" is unwrapped.
+``OrderedDict``, the tensor and parameter rebuild functions, the storage types, and Sacred's read-only
+config containers, which Lightning checkpoints of Sacred experiments hold in their hyper-parameters)
+and implements each itself as plain data, so no code from the file ever runs. Anything else raises
+``UnsafeCheckpointError`` naming the file and the global. Unreadable, truncated or inconsistent
+files raise ``CheckpointError``. Arrays keep their stored dtype (float32, float16,
+``ml_dtypes.bfloat16``, int64, ...); a checkpoint that wraps the state dict under "state_dict" or
+"model" is unwrapped. ``read_checkpoint`` also returns what sits beside the state dict (a Lightning
+checkpoint's ``hyper_parameters``, ``epoch``, ...).
 """
 from __future__ import annotations
 
@@ -108,8 +111,19 @@ def _latin1_encode(text, encoding="latin1"):
     return codecs.encode(text, "latin1")
 
 
+def _plain_dict(items=()):
+    return dict(items)
+
+
+def _plain_list(items=()):
+    return list(items)
+
+
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
+    # sacred.config.custom_containers pickles as (ReadOnlyDict, (a dict copy,)): plain data.
+    ("sacred.config.custom_containers", "ReadOnlyDict"): _plain_dict,
+    ("sacred.config.custom_containers", "ReadOnlyList"): _plain_list,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
@@ -244,31 +258,33 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
-def _select_state_dict(obj: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
+def _select_state_dict(obj: Any, path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """-> (the state dict, the other top-level entries of a wrapping dict)."""
     def is_state_dict(value):
         return isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, np.ndarray) for k, v in value.items())
 
     if is_state_dict(obj):
-        return dict(obj)
+        return dict(obj), {}
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if is_state_dict(obj.get(key)):
-                return dict(obj[key])
+                return dict(obj[key]), {k: v for k, v in obj.items() if k != key}
         raise CheckpointError(f"{path}: a dict with keys {sorted(map(str, obj))[:10]} is not a "
                               f"state dict and holds none under {WRAPPER_KEYS}")
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
 
 
-def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """Reads ``path`` (.safetensors or a torch.save file) -> {name: np.ndarray} in file order."""
+def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads ``path`` (.safetensors or a torch.save file) -> ({name: np.ndarray} in file order,
+    the entries beside the state dict, e.g. a Lightning checkpoint's "hyper_parameters")."""
     path = pathlib.Path(path)
     try:
         with open(path, "rb") as file:
             head = file.read(9)
         # safetensors: an 8-byte header length, then the JSON header.
         if path.suffix == ".safetensors" or head[8:] == b"{":
-            return _read_safetensors(path)
+            return _read_safetensors(path), {}
         if head.startswith(b"PK"):
             return _select_state_dict(_read_zip(path), path)
         return _select_state_dict(_read_legacy(path), path)
@@ -277,3 +293,8 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     except Exception as error:  # zipfile, pickle and safetensors each raise their own types
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(error).__name__}: "
                               f"{error})") from error
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Reads ``path`` (.safetensors or a torch.save file) -> {name: np.ndarray} in file order."""
+    return read_checkpoint(path)[0]

@@ -97,6 +97,7 @@ def retrieval_model(model_config: ml_collections.ConfigDict, policy: backend_pol
             depthwise=policy.kernels(audio_cfg.depthwise),
             bn_momentum=audio_cfg.bn_momentum,
             remat=audio_cfg.remat,
+            tokens=audio_cfg.get("tokens", "frame"),  # configs written before the key: frame tokens
         ),
         text=text_config,
         pooling=PoolingSettings(**model_config.pooling.to_dict()),

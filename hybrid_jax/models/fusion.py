@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hybrid_jax.models.linear import Linear
+
 FUSION_MODES = ("none", "late", "mid", "metadata_only")
 
 
@@ -22,15 +24,16 @@ def late_fusion(audio_proj: jax.Array, meta_proj: jax.Array, meta_present: jax.A
 
 
 class GatedEmbeddingUnit(nn.Module):
-    """Miech et al. 2018: Linear, then context gating y * sigmoid(W y + b), then L2 norm."""
+    """Miech et al. 2018: Linear, then context gating y * sigmoid(W y + b), then L2 norm (PyTorch
+    Linear initialisation, like every layer trained from scratch)."""
 
     dim: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):  # [B, H] -> [B, dim]
-        y = nn.Dense(self.dim, dtype=self.dtype, name="fc")(x)
-        gate = nn.Dense(self.dim, dtype=self.dtype, name="gate")(y)
+        y = Linear(self.dim, dtype=self.dtype, name="fc")(x)
+        gate = Linear(self.dim, dtype=self.dtype, name="gate")(y)
         return l2_normalize(y * jax.nn.sigmoid(gate))
 
 
@@ -46,7 +49,7 @@ class MidFusionQuery(nn.Module):
             "audio_query": GatedEmbeddingUnit(self.dim, self.dtype, name="audio_geu")(query_features),
             "meta_query": GatedEmbeddingUnit(self.dim, self.dtype, name="meta_geu")(query_features),
             "mixture": jax.nn.softmax(
-                nn.Dense(2, dtype=self.dtype, name="mixture")(query_features).astype(jnp.float32), axis=-1
+                Linear(2, dtype=self.dtype, name="mixture")(query_features).astype(jnp.float32), axis=-1
             ),
         }
 

@@ -6,14 +6,18 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hybrid_jax.models import frontend, fusion
 from hybrid_jax.models.bert import BertConfig, BertEncoder
+from hybrid_jax.models.linear import Linear
 from hybrid_jax.models.mobilenet import MobileNetV3
 from hybrid_jax.models.pooling import PoolingTransformer
 
-# One MobileNetV3 token covers 32 mel frames of 320 samples (efficientat.md, section 2.7).
-SAMPLES_PER_TOKEN = 32 * 320
+# What becomes an audio token: the CNN's pooled embedding of each window ("window", the authors'
+# return_sequence=False) or its frequency-averaged feature map, one token per time step ("frame",
+# their return_sequence=True).
+TOKEN_MODES = ("window", "frame")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,23 +30,45 @@ class AudioSettings:
     depthwise: str = "auto"
     bn_momentum: float = 0.99  # BN running-average decay (EfficientAT: PyTorch momentum 0.01)
     remat: bool = False  # recompute each CNN block in the backward (keeps only block inputs)
+    tokens: str = "window"  # TOKEN_MODES: one token per window, or one per CNN time step
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolingSettings:
+    """PoolingTransformer settings (see its docstring)."""
+
     dim: int = 768
-    num_layers: int = 1
+    num_layers: int = 2
     num_heads: int = 12
     mlp_dim: int = 2048
     dropout: float = 0.1
     max_len: int = 192
+    position_dropout: float = 0.1
+
+
+def valid_token_thresholds(num_tokens: int, num_samples: int) -> np.ndarray:
+    """int32 [T]: token t is real iff the clip's valid samples v >= thresholds[t].
+
+    The authors' mask keeps the first ceil(v / S * T) of the T tokens (S = samples the tokens
+    cover). Written as v > t * S / T, i.e. v >= floor(t * S / T) + 1, it is exact integer
+    arithmetic, equal to their float64 ``math.ceil`` for every v in [0, S] (checked for the clip
+    and token counts in use), where float32 would be off at the boundaries."""
+    t = np.arange(num_tokens, dtype=np.int64)
+    return ((t * num_samples) // num_tokens + 1).astype(np.int32)
 
 
 class AudioTower(nn.Module):
     """int16/float waveform [B, S] -> token sequence [B, T, C] and its padding mask [B, T].
 
-    The clip is cut into ``window_seconds`` windows (hop = window), each window goes through the mel
-    front end and the CNN, and the windows' frequency-averaged tokens are concatenated in time.
+    The clip is cut into ``window_seconds`` windows (hop = window; the last one zero-padded, where
+    the authors' ``unfold`` would drop a partial window: their clips are always whole windows),
+    each window goes through the mel front end and the CNN. ``tokens="window"``: one token per
+    window, the CNN's pooled embedding (T = windows); ``"frame"``: the frequency-averaged feature
+    map, T' tokens per window concatenated in time (T = windows x T', T' set by the front end's
+    hop and the CNN's strides). The mask keeps the first ceil(valid_fraction x T) tokens, as the
+    authors' ``forward_audio`` does (the CNN itself encodes padded windows like any audio).
+
+    Intermediates: ``mel`` [B*W, F, frames], ``tokens`` [B, T, C], ``mask`` [B, T].
     """
 
     settings: AudioSettings
@@ -61,17 +87,24 @@ class AudioTower(nn.Module):
         windows = wave.reshape(batch * num_windows, window)
         rng = self.make_rng("augment") if train else None
         mel = frontend.log_mel(windows, s.mel, rng=rng)  # [B*W, F, T]
+        self.sow("intermediates", "mel", mel)
         cnn = MobileNetV3(width_mult=s.width_mult, num_classes=0, depthwise=s.depthwise,
                           bn_momentum=s.bn_momentum, dtype=self.dtype, remat=s.remat,
                           name="mobilenet")
-        tokens = cnn(mel, train=train)["sequence"]  # [B*W, T', C]
-        per_window = tokens.shape[1]
-        tokens = tokens.reshape(batch, num_windows * per_window, tokens.shape[-1])
-        # A token is real when its first sample lies inside the valid (non-padded) part of the clip.
-        valid_samples = valid_fraction.astype(jnp.float32) * length
-        starts = jnp.arange(num_windows * per_window)
-        starts = (starts // per_window) * window + (starts % per_window) * SAMPLES_PER_TOKEN
-        mask = starts[None, :] < jnp.maximum(valid_samples[:, None], 1.0)
+        out = cnn(mel, train=train)
+        if s.tokens == "window":
+            tokens = out["features"][:, None, :]  # [B*W, 1, C]
+        elif s.tokens == "frame":
+            tokens = out["sequence"]  # [B*W, T', C]
+        else:
+            raise ValueError(f"audio tokens must be one of {TOKEN_MODES}, got {s.tokens!r}")
+        tokens = tokens.reshape(batch, num_windows * tokens.shape[1], tokens.shape[-1])
+        # Valid samples as an integer (exact for clips under ~2 min at float32), then the mask.
+        valid_samples = jnp.round(valid_fraction.astype(jnp.float32) * length).astype(jnp.int32)
+        thresholds = valid_token_thresholds(tokens.shape[1], num_windows * window)
+        mask = valid_samples[:, None] >= jnp.asarray(thresholds)[None, :]
+        self.sow("intermediates", "tokens", tokens)
+        self.sow("intermediates", "mask", mask)
         return tokens, mask
 
 
@@ -82,7 +115,12 @@ class RetrievalModel(nn.Module):
     embeddings, then normalise), "mid" (metadata token in the pooling transformer, gated query
     experts), or "metadata_only". Queries and metadata share one BERT and one text projection unless
     ``separate_metadata_encoder`` is set (the paper's ablation). Items whose metadata is missing
-    (``meta_present`` False) are embedded from audio alone in every mode.
+    (``meta_present`` False) are embedded from audio alone in every mode. The layers trained from
+    scratch (projections, pooling, fusion heads) get PyTorch's initialisation (``linear``).
+
+    Intermediates (``mutable=["intermediates"]``): the audio tower's and the pooling's (see
+    there), and ``query_embedding``, ``audio_embedding``, ``metadata_embedding`` (the projections
+    before fusion and normalisation).
     """
 
     audio: AudioSettings
@@ -102,16 +140,18 @@ class RetrievalModel(nn.Module):
         if self.fusion not in fusion.FUSION_MODES:
             raise ValueError(f"fusion must be one of {fusion.FUSION_MODES}, got {self.fusion!r}")
         self.audio_tower = AudioTower(self.audio, dtype=self.dtype)
+        if self.fusion == "mid" and self.pooling.num_layers == 0:
+            raise ValueError("mid-level fusion needs at least one pooling layer (pooling.num_layers)")
         self.pool = PoolingTransformer(**dataclasses.asdict(self.pooling), dtype=self.dtype)
         self.bert = BertEncoder(self.text, dtype=self.dtype, remat=self.text_remat)
         if self.separate_metadata_encoder:
             self.meta_bert = BertEncoder(self.text, dtype=self.dtype, remat=self.text_remat)
-            self.meta_proj = nn.Dense(self.embed_dim)
-        self.text_proj = nn.Dense(self.embed_dim)
-        self.audio_proj = nn.Dense(self.embed_dim)
+            self.meta_proj = Linear(self.embed_dim)
+        self.text_proj = Linear(self.embed_dim)
+        self.audio_proj = Linear(self.embed_dim)
         if self.fusion == "mid":
-            self.meta_token = nn.Dense(self.pooling.dim)
-            self.meta_expert_proj = nn.Dense(self.embed_dim)
+            self.meta_token = Linear(self.pooling.dim)
+            self.meta_expert_proj = Linear(self.embed_dim)
             self.query_experts = fusion.MidFusionQuery(self.embed_dim, dtype=self.dtype)
         self.log_temperature = self.param(
             "log_temperature", lambda _: jnp.log(jnp.asarray(self.initial_temperature, jnp.float32))
@@ -140,7 +180,9 @@ class RetrievalModel(nn.Module):
         cls = self._cls(self.bert, batch["query_ids"], batch["query_mask"], batch.get("query_types"), train)
         if self.fusion == "mid":
             return self.query_experts(cls)
-        return {"embedding": fusion.l2_normalize(self.text_proj(cls))}
+        embedding = self.text_proj(cls)
+        self.sow("intermediates", "query_embedding", embedding)
+        return {"embedding": fusion.l2_normalize(embedding)}
 
     def _metadata(self, batch, train):
         encoder = self.meta_bert if self.separate_metadata_encoder else self.bert
@@ -166,10 +208,13 @@ class RetrievalModel(nn.Module):
             }
         pooled, _ = self.pool(tokens, mask, train=train)
         audio_proj = self.audio_proj(pooled)
+        self.sow("intermediates", "audio_embedding", audio_proj)
         if self.fusion == "none":
             return {"embedding": fusion.l2_normalize(audio_proj)}
         cls, proj = self._metadata(batch, train)
-        return {"embedding": fusion.late_fusion(audio_proj, proj(cls), present)}
+        meta_proj = proj(cls)
+        self.sow("intermediates", "metadata_embedding", meta_proj)
+        return {"embedding": fusion.late_fusion(audio_proj, meta_proj, present)}
 
     def __call__(self, batch, *, train: bool):
         """Both sides of a training batch -> (queries, items, temperature)."""

@@ -67,7 +67,10 @@ def load_audioset_labels(root: pathlib.Path, notes: list[str]):
     """-> (labels by (ytid, start s), labels by ytid), display names; empty when files are absent.
 
     ``class_labels_indices.csv`` has quoted display names with commas; the segment files
-    have ``#`` comment lines and comma+space rows. All three segment files are joined.
+    have ``#`` comment lines and comma+space rows. All three segment files are joined. A clip's
+    labels are in class-index order (the authors' code takes ``np.where(target)`` of the multi-hot
+    vector), not in the order the segment file lists them; ids missing from the class table come
+    last, as they are.
     """
     index_files = sorted(root.rglob("class_labels_indices.csv"))
     if not index_files:
@@ -76,6 +79,12 @@ def load_audioset_labels(root: pathlib.Path, notes: list[str]):
     table = csv_io.read_table(index_files[0])
     csv_io.require_columns(table, ["mid", "display_name"], index_files[0])
     names = {row["mid"].strip(): row["display_name"].strip() for row in table.rows}
+    order = {}
+    for position, row in enumerate(table.rows):
+        try:
+            order[row["mid"].strip()] = int(row.get("index") or position)
+        except ValueError:
+            order[row["mid"].strip()] = position
     by_clip, by_ytid = {}, {}
     segment_files = sorted(root.rglob("*_segments.csv"))
     if not segment_files:
@@ -87,7 +96,8 @@ def load_audioset_labels(root: pathlib.Path, notes: list[str]):
                 start = int(float(row["start_seconds"]))
             except ValueError:
                 continue
-            mids = [m.strip() for m in row["positive_labels"].split(",") if m.strip()]
+            mids = list(dict.fromkeys(m.strip() for m in row["positive_labels"].split(",") if m.strip()))
+            mids.sort(key=lambda m: order.get(m, len(order)))  # stable: unknown ids keep their order
             labels = [names.get(m, m) for m in mids]
             by_clip.setdefault((row["YTID"].strip(), start), labels)
             by_ytid.setdefault(row["YTID"].strip(), labels)
@@ -106,9 +116,13 @@ class Audiocaps(CaptionAudioBuilder):
     AudioSet's class_labels_indices.csv and *_segments.csv for the label keywords.
     """
 
-    def __init__(self, *, csv_dir: str | None = None, **kwargs):
+    def __init__(self, *, csv_dir: str | None = None, keep_unlabelled: bool = False, **kwargs):
+        """``keep_unlabelled``: keep clips that have no AudioSet labels (with empty metadata); by
+        default they are dropped, as the authors' AudioCaps dataset drops them."""
         self._csv_dir = csv_dir
+        self._keep_unlabelled = keep_unlabelled
         super().__init__(**kwargs)
+        self.options["keep_unlabelled"] = keep_unlabelled
 
     def plan(self, root: pathlib.Path) -> dict[str, SplitPlan]:
         csv_dir = pathlib.Path(self._csv_dir) if self._csv_dir else find_csv_dir(root)
@@ -116,6 +130,11 @@ class Audiocaps(CaptionAudioBuilder):
         files = AudioFiles([root])
         names = AudioNames(files)
         by_clip, by_ytid = load_audioset_labels(root, self.notes)
+        if not by_ytid and not self._keep_unlabelled:
+            raise FileNotFoundError(
+                f"{root}: no AudioSet labels (class_labels_indices.csv and *_segments.csv) found; they are "
+                "needed to drop the clips without labels, as the authors' AudioCaps does. Add them, or "
+                "keep every clip with empty metadata (--keep-unlabelled)")
         plans = {}
         for split, csv_name in SPLITS.items():
             path = csv_dir / f"{csv_name}.csv"
@@ -167,6 +186,9 @@ class Audiocaps(CaptionAudioBuilder):
             if labels is None and ytid in by_ytid:
                 labels = by_ytid[ytid]
                 report.conversions["AudioSet labels joined by youtube id only"] += 1
+            if not labels and not self._keep_unlabelled:
+                report.reject(clip, "no AudioSet labels (dropped as in the authors' code; --keep-unlabelled keeps it)")
+                continue
             if not labels:
                 report.conversions["no AudioSet labels (metadata missing)"] += 1
             items.append(Item(clip, audio, audio.name, captions, list(labels or []), clip, caption_ids))

@@ -59,7 +59,8 @@ def prepare(
         ``data_dir/<dataset>/prepare_report.json``.
       overwrite: rebuild even when a complete build exists.
       **options: builder options (``min_seconds``, ``max_seconds``, ``decode_threads``; for
-        wavcaps_freesound ``blacklist``; for audiocaps ``csv_dir``).
+        wavcaps_freesound ``blacklist``; for audiocaps ``csv_dir`` and
+        ``keep_unlabelled``).
 
     TFDS writes into ``incomplete.*`` and renames at the end, so a killed run leaves no
     version folder; leftovers are deleted here. The report is written last; a complete
