@@ -176,3 +176,26 @@ def test_model_flag_sets_front_end(fixture, tmp_path):
     assert _cli()([str(fixture[0] / "state_dict.pt"), str(tmp_path / "b"), "--model", "mn10_as_mels_64"]) == 1
     with pytest.raises(SystemExit):
         _cli()([str(fixture[0] / "state_dict.pt"), str(tmp_path / "c"), "--model", "mn04_as", "--width", "0.4"])
+
+
+def test_command_line_refuses_hostile_and_missing_files(tmp_path, capsys):
+    """The command prints one ``error:`` line and exits 1 (no traceback) for a pickle that would
+    run code, a zero-stride tensor of a huge size, and a missing file."""
+    from commands import assert_clean_error, run_python
+
+    evil = tmp_path / "evil.pt"
+    payload = {"features.0.0.weight": np.ones(2, np.float32),
+               "x": torch_format.Call(torch_format.Global("os", "system"), (f"touch {tmp_path / 'pwned'}",))}
+    torch_format.save_zip(payload, evil)
+    result = run_python("tools/convert_efficientat.py", str(evil), str(tmp_path / "out"))
+    assert_clean_error(result, "evil.pt", "'os.system'")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+    # The other refusals in-process (the command is ``sys.exit(main())``): same exit code and line.
+    huge = tmp_path / "huge.pt"
+    storage = torch_format.Storage(np.ones(1, np.float32))
+    torch_format.save_zip({"features.0.0.weight": torch_format.Tensor(storage, 0, (1 << 20, 1 << 20), (0, 0))}, huge)
+    for path, words in ((huge, ("huge.pt", "refusing to allocate")), (tmp_path / "missing.pt", ("missing.pt",))):
+        assert _cli()([str(path), str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and all(w in err for w in words), err
+    assert not (tmp_path / "out").exists()
