@@ -17,7 +17,8 @@ import pytest
 from flax import traverse_util
 from test_convert_bert import write_vocab
 
-from hybrid_jax import config_checks, optim, sharding
+from configs import demo
+from hybrid_jax import config_checks, optim, sharding, train
 from hybrid_jax.convert import bert as convert_bert
 from hybrid_jax.convert import efficientat as convert_efficientat
 from hybrid_jax.convert import weights
@@ -162,10 +163,6 @@ def test_init_state_grafts_exactly_the_converted_towers(built_configs):
 @pytest.mark.parametrize("key", ["audio", "text"])
 def test_a_missing_checkpoint_fails_at_once_naming_its_path(key, tmp_path, towers):
     """Before any data is generated or anything is compiled: the first thing train does."""
-    from configs import demo
-
-    from hybrid_jax import train
-
     config = demo.get_config()
     config.data.synthetic_dir = str(tmp_path / "raw")
     config.data.data_dir = str(tmp_path / "tfds")
