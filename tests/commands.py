@@ -30,3 +30,19 @@ def run(args: list[str], *, cwd: str | os.PathLike = REPO, timeout: float = 900,
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}"
                              f"\n--- stderr\n{result.stderr[-6000:]}")
     return result
+
+
+def run_python(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """``python ARGS...`` from the repository root -> the finished process (not checked)."""
+    return run(["python", *args], timeout=timeout, check=False, **env)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """A refusal as a user should see it: non-zero exit, one ``error: ...`` line naming ``words``,
+    no Python traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines, result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)

@@ -135,7 +135,11 @@ def pickle_bytes(obj: Any, legacy: bool = False) -> tuple[bytes, dict[str, Stora
 
 def save_zip(obj: Any, path, root: str = "archive") -> None:
     """torch >= 1.6 format: ``<root>/data.pkl`` plus one raw file per storage."""
-    data, storages = pickle_bytes(obj)
+    write_zip(*pickle_bytes(obj), path, root)
+
+
+def write_zip(data: bytes, storages: dict[str, Storage], path, root: str = "archive") -> None:
+    """A zip-format file around a given pickle (e.g. hand-assembled opcodes)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{root}/data.pkl", data)
         archive.writestr(f"{root}/byteorder", "little")
@@ -146,7 +150,12 @@ def save_zip(obj: Any, path, root: str = "archive") -> None:
 
 def save_legacy(obj: Any, path) -> None:
     """Pre-1.6 format: magic, protocol, sys_info, pickle, storage keys, then the storages."""
-    data, storages = pickle_bytes(obj, legacy=True)
+    write_legacy(*pickle_bytes(obj, legacy=True), path)
+
+
+def write_legacy(data: bytes, storages: dict[str, Storage], path, numel: dict[str, int] | None = None) -> None:
+    """A legacy-format file around a given pickle; ``numel`` overrides declared storage sizes."""
+    numel = numel or {}
     sys_info = {"protocol_version": LEGACY_PROTOCOL, "little_endian": True,
                 "type_sizes": {"short": 2, "int": 4, "long": 4}}
     with open(path, "wb") as file:
@@ -156,5 +165,5 @@ def save_legacy(obj: Any, path) -> None:
         keys = sorted(storages)
         pickle.dump(keys, file, protocol=2)
         for key in keys:
-            file.write(struct.pack("<q", storages[key].array.size))
+            file.write(struct.pack("<q", numel.get(key, storages[key].array.size)))
             file.write(storages[key].array.tobytes())

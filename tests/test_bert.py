@@ -88,8 +88,9 @@ def test_parameter_names_mirror_hf(variables):
 def test_matches_pytorch_reference(config, variables, reference):
     # All positions are compared, padded ones too: BERT computes them (masks keys, not queries).
     out = apply(BertEncoder(config, add_pooling_layer=True), variables, *inputs(reference))
-    np.testing.assert_allclose(out["last_hidden_state"], reference["last_hidden_state"], atol=1e-5)
-    np.testing.assert_allclose(out["pooler_output"], reference["pooler_output"], atol=1e-5)
+    # Measured on XLA:CPU: 1.2e-6 (hidden, values up to 4.6) and 3.6e-7 (pooler): float32 rounding.
+    np.testing.assert_allclose(out["last_hidden_state"], reference["last_hidden_state"], rtol=0, atol=5e-6)
+    np.testing.assert_allclose(out["pooler_output"], reference["pooler_output"], rtol=0, atol=2e-6)
     assert out["last_hidden_state"].dtype == jnp.float32
 
 
@@ -152,9 +153,11 @@ def test_bfloat16_compute_is_close_and_keeps_float32_params(config, variables, r
     model = BertEncoder(config, dtype=jnp.bfloat16, add_pooling_layer=True)
     out = apply(model, variables, *inputs(reference))
     assert out["last_hidden_state"].dtype == jnp.float32  # LayerNorm output, as under autocast
+    # bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2 %) and the hidden states reach
+    # 4.6; measured against the float32 PyTorch reference: max 0.0136, mean 0.0024, pooler 0.0084.
     error = np.abs(out["last_hidden_state"] - reference["last_hidden_state"])
-    assert error.mean() < 0.03 and error.max() < 0.3, (error.mean(), error.max())
-    assert 0 < np.abs(out["pooler_output"] - reference["pooler_output"]).max() < 0.05
+    assert error.mean() < 0.005 and error.max() < 0.03, (error.mean(), error.max())
+    assert 0 < np.abs(out["pooler_output"] - reference["pooler_output"]).max() < 0.02
     ids = jnp.zeros((1, 4), jnp.int32)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, train=False))["params"]
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}

@@ -247,3 +247,27 @@ def test_missing_files_are_reported(tmp_path, tiny_state, tiny_config):
     shutil.rmtree(folder)
     with pytest.raises(FileNotFoundError, match="not a Hugging Face model folder"):
         convert_bert.convert_checkpoint(folder, tmp_path / "out")
+
+
+def test_command_line_reports_errors_without_a_traceback(tmp_path, tiny_state, tiny_config, capsys):
+    """Hostile, mis-shaped and missing inputs: exit code 1 and one ``error:`` line naming the file."""
+    from commands import assert_clean_error, run_python
+
+    hostile = dict(tiny_state)
+    hostile["cls.payload"] = torch_format.Call(torch_format.Global("os", "system"), (f"touch {tmp_path / 'pwned'}",))
+    folder = hf_folder(tmp_path / "evil", {}, tiny_config, weights_file="zip")
+    torch_format.save_zip(collections.OrderedDict(hostile), folder / "pytorch_model.bin")
+    result = run_python("tools/convert_bert.py", str(folder), str(tmp_path / "out"))
+    assert_clean_error(result, "pytorch_model.bin", "'os.system'")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+    broken = dict(tiny_state)
+    broken["encoder.layer.0.intermediate.dense.weight"] = np.zeros((128, 65), np.float32)
+    cases = [
+        (hf_folder(tmp_path / "misshaped", broken, tiny_config), "mis-shaped: encoder.layer.0.intermediate"),
+        (tmp_path / "nowhere", "nowhere: not a Hugging Face model folder"),
+    ]
+    for source, words in cases:
+        assert convert_tool.main([str(source), str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err, err
+    assert not (tmp_path / "out").exists()

@@ -168,8 +168,20 @@ def test_train_step_with_sub_batches_equals_plain_step(loss):
         assert float(plain_metrics["train/temperature"]) == pytest.approx(0.1)  # 1 / (init scale 10)
         assert float(plain_metrics["train/logit_bias"]) == pytest.approx(-10.0)
     else:
-        _, naive_metrics = one_step(model, dict(microbatch_size=2, accumulation="naive"), state, batch, mesh)
+        # Naive accumulation: each sub-batch's own loss (its queries against its 2 items only)
+        # and the mean of their gradients, computed here one sub-batch at a time by plain autodiff.
+        # Sub-batch k holds rows k and k + 2: item ids [0, 1] and [1, 2].
+        naive_params, naive_metrics = one_step(model, dict(microbatch_size=2, accumulation="naive"), state,
+                                               batch, mesh)
+        rng = jax.random.PRNGKey(0)  # unused: no dropout, no audio
+        sub_losses, sub_grads = zip(*[
+            jax.value_and_grad(lambda p, b: steps.loss_and_updates(model, p, stats, b, rng)[0])(
+                params, {k: v[[k0, k0 + 2]] for k, v in batch.items()})
+            for k0 in range(2)])
+        np.testing.assert_allclose(naive_metrics["train/loss"], np.mean(sub_losses), rtol=1e-6)
         assert abs(float(naive_metrics["train/loss"]) - float(plain_metrics["train/loss"])) > 1e-3
+        expected = jax.tree.map(lambda p, g0, g1: p - 0.5 * (g0 + g1) / 2, params, *sub_grads)
+        assert_grads_close(naive_params, expected)
 
 
 def test_make_train_step_rejects_bad_options():

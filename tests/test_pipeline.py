@@ -96,6 +96,35 @@ def test_epochs_are_reshuffled(data):
     assert sum(1 for _ in lo) == 2 * lo.steps_per_epoch
 
 
+def caption_owners(data, tokenize) -> dict[tuple, int]:
+    """Token ids of each caption -> its clip, from the split's captions alone (not the loader)."""
+    owners = {}
+    for clip, captions in enumerate(data.captions):
+        for caption in captions:
+            owners[tuple(tokenize([caption])["input_ids"][0])] = clip
+    assert len(owners) == sum(len(c) for c in data.captions)  # the ids identify each caption
+    return owners
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_every_rows_query_is_a_caption_of_its_item(data, process_count):
+    """The contrastive signal: in every row of every batch the query caption belongs to the clip
+    named by item_id (and by the audio and metadata, checked in the tests above), across epochs
+    and for each process's rows; each pair appears at most once per epoch."""
+    owners = caption_owners(data, fake_tokenize)
+    loaders = [loader(data, process_index=p, process_count=process_count, num_epochs=3) for p in range(process_count)]
+    for epoch in range(3):
+        seen = set()
+        for k in range(loaders[0].steps_per_epoch):
+            parts = [lo.batch(epoch * lo.steps_per_epoch + k) for lo in loaders]
+            queries = np.concatenate([b["query_ids"] for b in parts])
+            items = np.concatenate([b["item_id"] for b in parts])
+            for query, item in zip(queries, items):
+                assert owners[tuple(query)] == item
+                seen.add(tuple(query))
+        assert len(seen) == loaders[0].steps_per_epoch * 4
+
+
 def test_resume_from_json_state_gives_identical_batches(data):
     it = iter(loader(data))
     batches(it, 4)
@@ -224,8 +253,10 @@ def test_tfds_path_matches_prepared_audio(tmp_path):
         np.testing.assert_array_equal(decoded[i]["audio"], split.audio(i))
     lo = TrainLoader(split, fake_tokenize, global_batch_size=4, clip_seconds=0.5, metadata="keywords", seed=0,
                      num_epochs=1, process_index=0, process_count=1)
+    owners = caption_owners(split, fake_tokenize)
     for batch in lo:
         for row, item in enumerate(batch["item_id"]):
+            assert owners[tuple(batch["query_ids"][row])] == item  # "<its file name> says k"
             clip = reference[split.file_names[item]]
             n = min(len(clip), 16000)
             if len(clip) <= 16000:
@@ -244,9 +275,8 @@ def test_real_tokenizer_on_minilm_vocab(data):
     batch = lo.batch(0)
     assert batch["query_ids"].shape == (4, 32) and batch["query_ids"].dtype == np.int32
     assert (batch["query_ids"][:, 0] == 101).all()  # [CLS]
-    flat = [c for caps in data.captions for c in caps]
-    queries = [flat[pair] for pair in lo._permutation(0)[:4]]  # the pairs of step 0
-    np.testing.assert_array_equal(batch["query_ids"], tokenizer.tokenize(queries)["input_ids"])
+    owners = caption_owners(data, tokenizer.tokenize)  # each row: one of its own clip's captions
+    assert [owners[tuple(q)] for q in batch["query_ids"]] == batch["item_id"].tolist()
 
 
 WORKER_SCRIPT = """
@@ -279,10 +309,10 @@ if __name__ == "__main__":
 
 def test_worker_processes_give_the_same_batches_and_resume(tmp_path):
     import pathlib
-    import subprocess
-    import sys
+
+    from commands import run_python  # this checkout's hybrid_jax in the subprocess
 
     script = tmp_path / "workers.py"
     script.write_text(WORKER_SCRIPT.format(tests=str(pathlib.Path(__file__).parent)))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    result = run_python(str(script))
     assert "RESULT True 6 6" in result.stdout, result.stderr[-3000:]

@@ -52,18 +52,23 @@ def test_late_fusion_and_missing_metadata():
 
 
 def test_mid_fusion_similarity_mixes_experts_and_falls_back_to_audio():
+    """Item 0 has metadata: w_a <q_a, i_a> + w_m <q_m, i_m>. Item 1 has none: its audio similarity
+    alone, with weight 1 (not w_a, not the mixture with a zero metadata term). Both items have a
+    non-zero audio similarity, so each candidate rule gives a different number."""
     q = {
-        "audio_query": jnp.array([[1.0, 0.0]]),
-        "meta_query": jnp.array([[0.0, 1.0]]),
-        "mixture": jnp.array([[0.25, 0.75]]),
+        "audio_query": jnp.array([[0.6, 0.8], [1.0, 0.0]]),
+        "meta_query": jnp.array([[0.0, 1.0], [1.0, 0.0]]),
+        "mixture": jnp.array([[0.25, 0.75], [0.5, 0.5]]),
     }
     items = {
-        "audio": jnp.array([[1.0, 0.0], [0.0, 1.0]]),
-        "meta": jnp.array([[0.0, 1.0], [0.0, 1.0]]),
+        "audio": jnp.array([[1.0, 0.0], [0.8, 0.6]]),
+        "meta": jnp.array([[0.6, 0.8], [0.0, 1.0]]),  # item 1's vector must not be used
         "meta_present": jnp.array([True, False]),
     }
     s = fusion.similarity(q, items)
-    np.testing.assert_allclose(s, [[0.25 * 1 + 0.75 * 1, 0.0]], atol=1e-6)
+    expected = [[0.25 * 0.6 + 0.75 * 0.8, 0.96],  # 0.96 = <(0.6, 0.8), (0.8, 0.6)>, weight 1
+                [0.5 * 1.0 + 0.5 * 0.6, 0.8]]
+    np.testing.assert_allclose(s, expected, atol=1e-6)
 
 
 def test_pytorch_initialisation_of_the_layers_trained_from_scratch():

@@ -2,7 +2,7 @@
 in class-index order, clips without labels dropped (the authors' code) unless kept on request."""
 import numpy as np
 import pytest
-from dataset_files import write_audio, write_csv
+from dataset_files import write_audio, write_bad_audio, write_csv
 
 from hybrid_jax.data import csv_io
 from hybrid_jax.data.prepare import preparation
@@ -141,3 +141,54 @@ def test_missing_label_files_fail_unless_unlabelled_clips_are_kept(audiocaps, tm
     shutil.copytree(audiocaps[0], root, ignore=shutil.ignore_patterns("*_segments.csv", "class_labels_indices.csv"))
     with pytest.raises(FileNotFoundError, match="--keep-unlabelled"):
         preparation.prepare("audiocaps", root, tmp_path / "out", decode_threads=2)
+
+
+def test_bad_rows_and_corrupt_audio_are_reported_and_counted(tmp_path):
+    """Corrupt audio files, rows without a youtube_id or with a short/garbled start_time, clips
+    whose caption rows are all empty, and empty caption rows in a kept clip: each is listed with
+    its clip/file and reason (or as a fix), and rows_read = examples_written + rejected."""
+    root = tmp_path / "src"
+    write_audio(root / "audio" / "goodclip001_0.wav", 1.0, rate=32000)
+    write_audio(root / "audio" / "emptycapt01_0.wav", 1.0, rate=32000)
+    bad = write_bad_audio(tmp_path / "bad")  # {file name: words expected in the reason}
+    ytids = {name: f"badaudio{i:03d}" for i, name in enumerate(sorted(bad))}
+    for name, ytid in ytids.items():
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / name).rename(root / "audio" / f"{ytid}_0.wav")
+    rows = [
+        ["1", "goodclip001", "0", "A bell rings"],
+        ["2", "goodclip001", "0", "   "],  # an empty caption row of a kept clip
+        ["3", "emptycapt01", "0", ""],
+        ["4", "emptycapt01", "0", "  "],
+        ["5", "", "0", "A row without a clip"],  # line 6 of train.csv
+        ["6", "shortrow001"],  # too few cells: start_time and caption missing
+        ["7", "garbled0001", "ten", "A garbled start"],
+    ] + [[str(10 + i), ytid, "0", f"Corrupt audio {i}"] for i, ytid in enumerate(ytids.values())]
+    write_csv(root / "train.csv", HEADER, rows)
+    out = tmp_path / "out"
+    report = preparation.prepare("audiocaps", root, out, decode_threads=1)
+    train = report["splits"]["train"]
+    reasons = {r["file"]: r["reason"] for r in train["rejected"]}
+    assert len(reasons) == len(train["rejected"]) == 4 + len(bad)
+    assert reasons["train.csv line 6"] == "no youtube_id in the row"
+    assert reasons["shortrow001_"] == "bad start_time ''"
+    assert reasons["garbled0001_ten"] == "bad start_time 'ten'"
+    assert reasons["emptycapt01_0"] == "no captions for the clip (2 empty caption row(s))"
+    for name, ytid in ytids.items():
+        (reason,) = [r for f, r in reasons.items() if f.endswith(f"{ytid}_0.wav")]
+        assert bad[name] in reason, (name, reason)
+    assert {"file": "goodclip001_0", "fix": "1 empty caption row(s) dropped, 1 kept"} in train["fixes"]
+    assert (train["rows_read"], train["examples_written"]) == (5 + len(bad), 1)  # 5 clips or bad rows
+    assert train["rows_read"] == train["examples_written"] + len(train["rejected"])
+    split = open_split("audiocaps", out, "train")
+    assert split.file_names == ["goodclip001_0.wav"] and split.captions == [["A bell rings"]]
+
+
+def test_csv_with_wrong_columns_fails_at_once_naming_file_and_column(tmp_path):
+    root = tmp_path / "src"
+    write_audio(root / "goodclip001_0.wav", 1.0, rate=32000)
+    write_csv(root / "train.csv", ["audiocap_id", "youtube_id", "start_time", "captions"],
+              [["1", "goodclip001", "0", "A bell rings"]])
+    with pytest.raises(ValueError, match=r"train\.csv: missing column\(s\) \['caption'\]"):
+        preparation.prepare("audiocaps", root, tmp_path / "out")
+    assert not preparation.is_prepared("audiocaps", tmp_path / "out")

@@ -1,6 +1,6 @@
 """WavCaps FreeSound preparation: the JSON, {id}.flac audio, tags, the Clotho blacklist, long clips."""
 import pytest
-from dataset_files import write_audio, write_csv, write_json
+from dataset_files import write_audio, write_bad_audio, write_csv, write_json
 
 from hybrid_jax.data.prepare import preparation
 from hybrid_jax.data.prepare.wavcaps import load_blacklist
@@ -97,4 +97,53 @@ def test_split_with_no_usable_audio_fails_with_a_report(tmp_path):
     report = json.loads((tmp_path / "out" / "wavcaps_freesound" / "prepare_report.json").read_text())
     assert report["status"].startswith("failed")
     assert report["splits"]["train"]["rejected"][0]["reason"].startswith("cannot decode")
+    assert not preparation.is_prepared("wavcaps_freesound", tmp_path / "out")
+
+
+def test_bad_entries_and_corrupt_audio_are_reported_and_counted(tmp_path):
+    """Entries that are not objects, without an id, with a missing/non-text/blank caption, and
+    corrupt audio files: each rejected with its entry/file and reason; the counts reconcile."""
+    root = tmp_path / "src"
+    write_audio(root / "audio" / "3001.flac", 1.0, rate=32000)
+    bad = write_bad_audio(tmp_path / "bad")  # {file name: words expected in the reason}
+    ids = {name: str(3100 + i) for i, name in enumerate(sorted(bad))}
+    for name, sound_id in ids.items():
+        (tmp_path / "bad" / name).rename(root / "audio" / f"{sound_id}.wav")
+    entries = [
+        entry("3001"),
+        "a bare string", None, 42, ["a", "list"],  # entries #2-#5: not objects
+        {k: v for k, v in entry("3002").items() if k != "id"},  # entry #6
+        entry("3003", caption=7), entry("3004", caption="   "), entry("3005", caption=None),
+    ] + [entry(sound_id, caption=f"corrupt {name}") for name, sound_id in ids.items()]
+    write_json(root / "fsd_final.json", {"data": entries})
+    report = preparation.prepare("wavcaps_freesound", root, tmp_path / "out", decode_threads=1)
+    train = report["splits"]["train"]
+    reasons = {r["file"]: r["reason"] for r in train["rejected"]}
+    assert len(reasons) == len(train["rejected"]) == 8 + len(bad)
+    assert reasons["entry #2"] == 'not a JSON object: "a bare string"'
+    assert reasons["entry #3"] == "not a JSON object: null"
+    assert reasons["entry #4"] == "not a JSON object: 42"
+    assert reasons["entry #5"] == 'not a JSON object: ["a", "list"]'
+    assert reasons["entry #6"] == "entry has no id"
+    assert reasons["3003"] == reasons["3004"] == reasons["3005"] == "no caption"
+    for name, sound_id in ids.items():
+        (reason,) = [r for f, r in reasons.items() if f.endswith(f"/{sound_id}.wav")]
+        assert bad[name] in reason, (name, reason)
+    assert (train["rows_read"], train["examples_written"]) == (9 + len(bad), 1)
+    assert train["rows_read"] == train["examples_written"] + len(train["rejected"])
+    assert open_split("wavcaps_freesound", tmp_path / "out", "train").file_names == ["3001.flac"]
+
+
+@pytest.mark.parametrize("text,words", [
+    ('{"data": [{"id": "1", "caption": "cut', "is not valid JSON"),  # truncated download
+    ('{"num_captions_per_audio": 1}', "no list of entries"),
+    ('{"data": {"id": "1"}}', "no list of entries"),
+    ("42", "no list of entries"),
+])
+def test_malformed_json_fails_at_once_naming_the_file(tmp_path, text, words):
+    root = tmp_path / "src"
+    write_audio(root / "1.flac", 1.0, rate=32000)
+    (root / "fsd_final.json").write_text(text)
+    with pytest.raises(ValueError, match=rf"fsd_final\.json.*{words}"):
+        preparation.prepare("wavcaps_freesound", root, tmp_path / "out")
     assert not preparation.is_prepared("wavcaps_freesound", tmp_path / "out")

@@ -28,9 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         "--max-length", type=int, default=32, help="tokens per sentence (paper: 32)"
     )
     args = parser.parse_args(argv)
-    conversion = convert_bert.convert_checkpoint(
-        args.source, args.destination, tokenizer=args.tokenizer, max_length=args.max_length
-    )
+    try:
+        conversion = convert_bert.convert_checkpoint(
+            args.source, args.destination, tokenizer=args.tokenizer, max_length=args.max_length
+        )
+    except (OSError, ValueError) as error:
+        # Missing files, unreadable or hostile checkpoints (CheckpointError), mismatched tensors
+        # (ConversionError) and bad config.json all name the file: one line, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     count = sum(v.size for v in convert_bert.weights.flatten(conversion.variables).values())
     print(f"wrote {args.destination}: {count:,} parameters, pooler: {conversion.has_pooler}")
     if conversion.ignored:

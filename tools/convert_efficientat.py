@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = convert_efficientat.convert_file(args.src, args.dst, args.model, args.width)
-    except (CheckpointError, convert_efficientat.ConversionError) as error:
+    except (CheckpointError, convert_efficientat.ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.dst}: {json.dumps(config)}")

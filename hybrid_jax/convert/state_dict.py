@@ -13,11 +13,13 @@ The pickle is read by an unpickler whose ``find_class`` knows only what a state 
 ``OrderedDict``, the tensor and parameter rebuild functions, the storage types, and Sacred's read-only
 config containers, which Lightning checkpoints of Sacred experiments hold in their hyper-parameters)
 and implements each itself as plain data, so no code from the file ever runs. Anything else raises
-``UnsafeCheckpointError`` naming the file and the global. Unreadable, truncated or inconsistent
-files raise ``CheckpointError``. Arrays keep their stored dtype (float32, float16,
-``ml_dtypes.bfloat16``, int64, ...); a checkpoint that wraps the state dict under "state_dict" or
-"model" is unwrapped. ``read_checkpoint`` also returns what sits beside the state dict (a Lightning
-checkpoint's ``hyper_parameters``, ``epoch``, ...).
+``UnsafeCheckpointError`` naming the file and the global; so does a pickle that tries to change an
+allowed object (BUILD on it) or to call a storage type. Unreadable, truncated or inconsistent files
+raise ``CheckpointError``, and so does a tensor that would hold more than its storage beyond
+``MAX_VIEW_BYTES`` (a zero-stride view of a huge size would otherwise allocate without bound).
+Arrays keep their stored dtype (float32, float16, ``ml_dtypes.bfloat16``, int64, ...); a checkpoint
+that wraps the state dict under "state_dict" or "model" is unwrapped. ``read_checkpoint`` also
+returns what sits beside the state dict (a Lightning checkpoint's ``hyper_parameters``, ``epoch``, ...).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import codecs
 import collections
 import dataclasses
 import io
+import math
 import pathlib
 import pickle
 import zipfile
@@ -36,6 +39,10 @@ import numpy as np
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 WRAPPER_KEYS = ("state_dict", "model")
+# A tensor is a view of its storage; it may repeat storage elements (a saved ``expand()``, stride
+# 0) only up to this size. State dicts hold none such; the bound stops a hostile size/stride pair
+# from allocating terabytes.
+MAX_VIEW_BYTES = 1 << 28
 
 STORAGE_DTYPES = {
     "FloatStorage": np.dtype(np.float32),
@@ -62,10 +69,39 @@ class UnsafeCheckpointError(CheckpointError):
     """The pickle asks for a global outside the allow-list (possibly code execution)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _StorageType:
+    """``torch.<Name>Storage`` as the pickle names it; only a persistent id may refer to it."""
+
     name: str
     dtype: np.dtype
+
+    def __call__(self, *args, **kwargs):
+        raise UnsafeCheckpointError(f"the pickle calls torch.{self.name}, which a state dict never does")
+
+    def __setstate__(self, state):
+        # BUILD would otherwise rewrite the shared allow-list entry for every later file.
+        raise UnsafeCheckpointError(f"the pickle tries to modify torch.{self.name}")
+
+
+class _Constructor:
+    """An allow-listed callable: immutable, so a pickle's BUILD cannot rewrite it (e.g. its
+    ``__defaults__``) for every later file read in this process."""
+
+    __slots__ = ("qualname", "function")
+
+    def __init__(self, qualname: str, function):
+        object.__setattr__(self, "qualname", qualname)
+        object.__setattr__(self, "function", function)
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def __setattr__(self, name, value):
+        raise UnsafeCheckpointError(f"the pickle tries to modify {self.qualname}")
+
+    def __setstate__(self, state):
+        raise UnsafeCheckpointError(f"the pickle tries to modify {self.qualname}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +156,16 @@ def _plain_list(items=()):
 
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    # sacred.config.custom_containers pickles as (ReadOnlyDict, (a dict copy,)): plain data.
-    ("sacred.config.custom_containers", "ReadOnlyDict"): _plain_dict,
-    ("sacred.config.custom_containers", "ReadOnlyList"): _plain_list,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("_codecs", "encode"): _latin1_encode,
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a C type: BUILD cannot change it
+    **{(module, name): _Constructor(f"{module}.{name}", function) for module, name, function in (
+        # sacred.config.custom_containers pickles as (ReadOnlyDict, (a dict copy,)): plain data.
+        ("sacred.config.custom_containers", "ReadOnlyDict", _plain_dict),
+        ("sacred.config.custom_containers", "ReadOnlyList", _plain_list),
+        ("torch._utils", "_rebuild_tensor_v2", _rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_parameter", _rebuild_parameter),
+        ("torch._utils", "_rebuild_parameter_with_state", _rebuild_parameter),
+        ("_codecs", "encode", _latin1_encode),
+    )},
     **{("torch", name): _StorageType(name, dtype) for name, dtype in STORAGE_DTYPES.items()},
 }
 
@@ -153,7 +191,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         # zip: ("storage", type, key, location, numel); legacy adds view_metadata, which is None
         # or (view_key, offset, size) for a storage view of torch < 0.4.
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+                and type(pid[1]) is _StorageType):
             raise CheckpointError(f"{self.path}: unexpected persistent id {pid!r}")
         key, offset = str(pid[2]), 0
         if len(pid) == 6 and pid[5] is not None:
@@ -167,8 +205,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _tensor_to_array(tensor: _TensorRef, storage: np.ndarray, path, name) -> np.ndarray:
     dtype = tensor.storage.dtype
+    if any(n < 0 for n in tensor.size):
+        raise CheckpointError(f"{path}: tensor {name!r} has a negative size {tensor.size}; file corrupt?")
     if any(n == 0 for n in tensor.size):
         return np.zeros(tensor.size, dtype)
+    numel = math.prod(tensor.size)
+    if numel > storage.size and numel * dtype.itemsize > MAX_VIEW_BYTES:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} (size {tensor.size}, stride {tensor.stride}) would hold "
+            f"{numel:,} elements ({numel * dtype.itemsize / 2**30:,.1f} GiB) repeated from a storage "
+            f"of {storage.size:,}; refusing to allocate it (file corrupt or hostile)"
+        )
     offset = tensor.storage.offset + tensor.offset
     last = offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
     if offset < 0 or min(tensor.stride, default=0) < 0 or last >= storage.size:
@@ -219,6 +266,7 @@ def _read_zip(path: pathlib.Path) -> Any:
 
 
 def _read_legacy(path: pathlib.Path) -> Any:
+    size = path.stat().st_size
     with open(path, "rb") as file:
         def load(unpickler=None):
             return (unpickler or _RestrictedUnpickler(file, path)).load()
@@ -244,6 +292,9 @@ def _read_legacy(path: pathlib.Path) -> Any:
             if str(key) not in dtypes:
                 raise CheckpointError(f"{path}: storage {key!r} is listed but never referenced")
             dtype = dtypes[str(key)]
+            if numel * dtype.itemsize > size - file.tell():  # before reading: no huge allocation
+                raise CheckpointError(f"{path}: truncated: storage {key!r} declares {numel:,} elements, "
+                                      f"the file has {size - file.tell():,} bytes left")
             raw = file.read(numel * dtype.itemsize)
             if len(raw) != numel * dtype.itemsize:
                 raise CheckpointError(f"{path}: truncated: storage {key!r} has {len(raw)} of "
@@ -288,7 +339,11 @@ def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], di
         if head.startswith(b"PK"):
             return _select_state_dict(_read_zip(path), path)
         return _select_state_dict(_read_legacy(path), path)
-    except (CheckpointError, FileNotFoundError, IsADirectoryError):
+    except CheckpointError as error:
+        if str(path) in str(error):
+            raise
+        raise type(error)(f"{path}: {error}") from error  # raised where the path is not known
+    except (FileNotFoundError, IsADirectoryError):
         raise
     except Exception as error:  # zipfile, pickle and safetensors each raise their own types
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(error).__name__}: "

@@ -156,7 +156,12 @@ class Audiocaps(CaptionAudioBuilder):
         if table.encoding != "utf-8":
             report.fix(path.name, f"not UTF-8: decoded as {table.encoding}")
         clips = collections.defaultdict(list)  # (ytid, start) -> rows, in CSV order
-        for row in table.rows:
+        for line, row in enumerate(table.rows, start=2):  # line 1 is the header
+            # A malformed row cannot be grouped with its clip: it counts as one row of its own.
+            if not row["youtube_id"].strip():
+                report.rows_read += 1
+                report.reject(f"{path.name} line {line}", "no youtube_id in the row")
+                continue
             try:
                 clips[(row["youtube_id"].strip(), int(float(row["start_time"])))].append(row)
             except ValueError:
@@ -169,8 +174,10 @@ class Audiocaps(CaptionAudioBuilder):
             captions = [r["caption"] for r in rows if r["caption"].strip()]
             caption_ids = [r["audiocap_id"].strip() for r in rows if r["caption"].strip()]
             if not captions:
-                report.reject(clip, "no captions for the clip")
+                report.reject(clip, f"no captions for the clip ({len(rows)} empty caption row(s))")
                 continue
+            if len(captions) < len(rows):
+                report.fix(clip, f"{len(rows) - len(captions)} empty caption row(s) dropped, {len(captions)} kept")
             found = names.find(ytid, start, [r["audiocap_id"].strip() for r in rows])
             if found is None:
                 report.reject(clip, "audio missing (removed from YouTube or not downloaded)")

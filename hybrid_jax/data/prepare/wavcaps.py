@@ -77,7 +77,9 @@ class WavcapsFreesound(CaptionAudioBuilder):
             data = json.loads(csv_io.decode_bytes(json_path.read_bytes())[0])
         except json.JSONDecodeError as e:
             raise ValueError(f"{json_path} is not valid JSON ({e}); re-download it") from e
-        entries = data["data"] if isinstance(data, dict) else data
+        entries = data.get("data") if isinstance(data, dict) else data
+        if not isinstance(entries, list):
+            raise ValueError(f'{json_path}: no list of entries (expected {{"data": [...]}} or a list); re-download it')
         files = AudioFiles([root])
         if not len(files) and (any(root.rglob("*.z01")) or any(root.rglob("*.zip"))):
             raise FileNotFoundError(
@@ -87,6 +89,9 @@ class WavcapsFreesound(CaptionAudioBuilder):
         report, items, seen = SplitReport(), [], set()
         for entry in entries:
             report.rows_read += 1
+            if not isinstance(entry, dict):
+                report.reject(f"entry #{report.rows_read}", f"not a JSON object: {json.dumps(entry)[:80]}")
+                continue
             sound_id = str(entry.get("id", "")).strip()
             label = sound_id or f"entry #{report.rows_read}"
             caption = entry.get("caption")
