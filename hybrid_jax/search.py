@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Callable
 
-
 from hybrid_jax import index as index_lib
 from hybrid_jax import packed, segments
 from hybrid_jax.data import audio_io, csv_io

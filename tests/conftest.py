@@ -23,6 +23,19 @@ import pytest  # noqa: E402
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
+# The suite runs in two processes, a module to each (pyproject: -n 2 --dist loadfile
+# --no-loadscope-reorder); modules are handed out in collection order, so the modules of many
+# minutes go first and the short ones fill in around them (longest first, measured on 2 cores).
+LONGEST_FIRST = ("test_readme_commands.py", "test_train.py", "test_backend_policy.py", "test_tpu_plan.py",
+                 "test_configs.py", "test_search.py", "test_multiprocess.py", "test_sharding.py",
+                 "test_model.py", "test_salsa_parity.py", "test_gpu_benchmarks.py", "test_serve.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: test order kept
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     return FIXTURES

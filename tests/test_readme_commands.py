@@ -347,8 +347,65 @@ def make_wavcaps_source(ws: pathlib.Path) -> None:
         json.dumps({"AudioSet": [], "FreeSound": ["1003"]}))
 
 
+SALSA = FIXTURES / "salsa_hybrid"  # the authors' model (tiny random BERT, 52-word vocab), see its README
+
+
+def make_salsa_sources(ws: pathlib.Path) -> None:
+    """The authors' checkpoints the README converts, made from the salsa_hybrid fixture:
+    ``last.ckpt`` (the fixture), with ``vocab.txt`` and the tiny BERT's Hugging Face ``config.json``;
+    ``epoch_22.ckpt``, the same model said to be bert-base-uncased (a 30522-word embedding, so the
+    packaged bert-base vocab is the one the converter takes); and that model as a bare
+    ``state_dict.safetensors`` with Lightning's ``hparams.yaml``."""
+    import pt_writer
+    import yaml
+    from safetensors.numpy import save_file
+
+    from hybrid_jax.convert.state_dict import read_checkpoint
+
+    (ws / "last.ckpt").write_bytes((SALSA / "model.ckpt").read_bytes())
+    (ws / "vocab.txt").write_bytes((SALSA / "vocab.txt").read_bytes())
+    state_dict, extras = read_checkpoint(SALSA / "model.ckpt")
+    prefix = "sentence_embedding_model."
+    hidden = state_dict[prefix + "embeddings.word_embeddings.weight"].shape[1]
+    layers = len({k.split(".")[3] for k in state_dict if k.startswith(prefix + "encoder.layer.")})
+    (ws / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 52, "hidden_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": hidden // 64,
+        "intermediate_size": state_dict[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
+        "max_position_embeddings": state_dict[prefix + "embeddings.position_embeddings.weight"].shape[0],
+        "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}))
+    words = np.random.default_rng(0).normal(0, 0.02, (30522, hidden)).astype(np.float32)
+    state_dict[prefix + "embeddings.word_embeddings.weight"] = words
+    hparams = json.loads(json.dumps(extras["hyper_parameters"]))
+    hparams["sentence_features"]["model"] = "bert-base-uncased"
+    pt_writer.save_zip({"state_dict": state_dict, "hyper_parameters": hparams, "epoch": 22}, ws / "epoch_22.ckpt")
+    save_file(state_dict, str(ws / "state_dict.safetensors"))
+    (ws / "hparams.yaml").write_text(yaml.safe_dump(hparams))
+
+
+def check_salsa(directory: str, vocab_size: int):
+    def check(ws: pathlib.Path, result):
+        from hybrid_jax import model_dir
+
+        loaded = model_dir.load(ws / directory)
+        assert loaded.model.text.vocab_size == vocab_size and loaded.model.fusion == "late"
+        assert loaded.segment_seconds == 30.0 and loaded.model.pooling.num_layers == 2 and loaded.tokenizer(["a dog barks"])["input_ids"].shape[0] == 1
+        assert "wrote" in result.stdout or str(directory) in result.stdout, result.stdout
+    return check
+
+
+RECIPES += [
+    Recipe("convert_salsa_bert_base", ("tools/convert_salsa.py", "epoch_22.ckpt"), needs=("salsa_sources",),
+           check=check_salsa("models/salsa_late", 30522)),
+    Recipe("convert_salsa_other_bert", ("tools/convert_salsa.py", "last.ckpt"), needs=("salsa_sources",),
+           check=check_salsa("models/salsa_tiny", 52)),
+    Recipe("convert_salsa_safetensors", ("tools/convert_salsa.py", "state_dict.safetensors"),
+           needs=("salsa_sources",), check=check_salsa("models/salsa", 30522)),
+]
+
 INPUTS = {"clotho_source": make_clotho_source, "bert_source": make_bert_source,
-          "audiocaps_source": make_audiocaps_source, "wavcaps_source": make_wavcaps_source}
+          "audiocaps_source": make_audiocaps_source, "wavcaps_source": make_wavcaps_source,
+          "salsa_sources": make_salsa_sources}
 
 
 class Workspace:

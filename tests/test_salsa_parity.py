@@ -265,3 +265,33 @@ def test_variant_with_a_separate_metadata_encoder(fixture):
                                   state_dict["metadata_embedding_model.embeddings.word_embeddings.weight"])
     np.testing.assert_array_equal(params["bert"]["embeddings"]["word_embeddings"]["embedding"],
                                   state_dict["sentence_embedding_model.embeddings.word_embeddings.weight"])
+
+
+def test_load_model_on_wav_files_gives_their_similarity(converted, fixture, tmp_path):
+    """The user's path: the public ``hybrid_jax.load_model`` on the converted directory, each clip as
+    a 16-bit WAV file of its valid samples only (the model pads it to whole windows itself), the
+    captions and keywords as plain strings."""
+    import soundfile as sf
+
+    import hybrid_jax
+
+    folder, inputs, outputs, text = fixture
+    out = tmp_path / "model"
+    salsa.convert_file(folder / "model.ckpt", out, vocab=folder / "vocab.txt")
+    files = []
+    for i, valid in enumerate(inputs["valid_samples"]):
+        files.append(tmp_path / f"clip{i}.wav")
+        sf.write(files[-1], inputs["audio"][i, : int(valid)], 32000, subtype="PCM_16")
+    model = hybrid_jax.load_model(out)
+    assert model.segment_seconds == 30.0  # their Clotho clip length (train_on = clothov2)
+    items = model.embed_audio(files, metadata=[" ".join(split_keywords(k)) for k in text["keywords"]])
+    np.testing.assert_allclose(items.seconds, inputs["valid_samples"] / 32000, rtol=1e-6)
+    similarity = model.similarity(model.embed_text(text["captions"]), items)
+    np.testing.assert_allclose(similarity.T, outputs["similarity"], rtol=0, atol=ATOL["similarity"])
+
+
+def test_training_clip_length_follows_their_data_sets():
+    assert salsa.training_clip_seconds({"train_on": "audiocaps"}) == 10.0
+    for name in ("clothov2", "wavcaps", "all"):
+        assert salsa.training_clip_seconds({"train_on": name}) == 30.0
+    assert salsa.training_clip_seconds({}) == 30.0  # their default_config trains on Clotho

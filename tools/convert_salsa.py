@@ -27,10 +27,12 @@ def main(argv=None) -> int:
     parser.add_argument("--text-config", help="Hugging Face config.json of the text encoder (default: from shapes)")
     parser.add_argument("--vocab", help="vocab.txt (or a tokenizer folder) of the text encoder")
     parser.add_argument("--hparams", help="the run's hyper-parameters (JSON or hparams.yaml); needed for bare state dicts")
+    parser.add_argument("--segment-seconds", type=float, help="length recordings are padded or cut to when "
+                        "embedded (default: the run's training clip length, 10 s for AudioCaps, else 30 s)")
     args = parser.parse_args(argv)
     try:
         conversion = salsa.convert_file(args.src, args.dst, text_config=args.text_config, vocab=args.vocab,
-                                        hparams=args.hparams)
+                                        hparams=args.hparams, segment_seconds=args.segment_seconds)
     except (CheckpointError, ConversionError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

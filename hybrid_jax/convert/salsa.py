@@ -80,6 +80,7 @@ DEFAULTS = {
     "audio_features.sequence_model.normalize_input": False,
     "audio_features.sequence_model.audio_token_dropout": 0.0,
     "audio_features.sequence_model.reduce_sequence": False,
+    "train_on": "clothov2",
     "sentence_features.model": "bert-base-uncased",
     "sentence_features.frozen": False,
     "sentence_features.adopt_n_layers": 0,
@@ -454,10 +455,20 @@ def tokenizer_dir(vocab: str | pathlib.Path | None, config: BertConfig, hparams,
     raise ConversionError(f"the text encoder {name!r} (vocab {config.vocab_size}) needs its vocab.txt: pass --vocab")
 
 
+def training_clip_seconds(hparams: Mapping[str, Any]) -> float:
+    """The clip length the run trained on. Their get_data_set (dcase2024/train.py) zero-pads or crops
+    every clip to 10 s for ``train_on = "audiocaps"`` and to 30 s otherwise (Clotho, WavCaps, "all").
+    It matters beyond speed: their global token is the mean over all window tokens, padding
+    included, so a recording gives their embedding only when padded to that length."""
+    return 10.0 if setting(hparams, "train_on") == "audiocaps" else 30.0
+
+
 def convert_file(src: str | pathlib.Path, dst: str | pathlib.Path, *, text_config: str | pathlib.Path | None = None,
-                 vocab: str | pathlib.Path | None = None, hparams: str | pathlib.Path | None = None) -> Conversion:
+                 vocab: str | pathlib.Path | None = None, hparams: str | pathlib.Path | None = None,
+                 segment_seconds: float | None = None) -> Conversion:
     """Reads SRC (Lightning .ckpt, bare state dict or .safetensors), converts it and writes the model
-    directory DST (``model_dir`` format, loadable by ``model_dir.load``)."""
+    directory DST (``model_dir`` format, loadable by ``model_dir.load``). ``segment_seconds``: the
+    length recordings are padded or cut to (default: the run's training clip length)."""
     state_dict, hyper_parameters, extras = read(src, hparams)
     config = None
     if text_config is not None:
@@ -478,7 +489,7 @@ def convert_file(src: str | pathlib.Path, dst: str | pathlib.Path, *, text_confi
             **{k: v for k, v in extras.items() if isinstance(v, (int, float, str))},
         }
         model_dir.save(dst, conversion.model, conversion.variables, folder, max_length=conversion.max_length,
-                       card=card)
+                       card=card, segment_seconds=segment_seconds or training_clip_seconds(hyper_parameters))
     return conversion
 
 
