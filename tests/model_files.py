@@ -19,6 +19,7 @@ from test_model import TINY_BERT
 
 from hybrid_jax import model_dir
 from hybrid_jax.models.frontend import MelConfig
+from hybrid_jax.models.mobilenet import BN_MOMENTUM
 from hybrid_jax.models.retrieval import AudioSettings, PoolingSettings, RetrievalModel
 
 BATCH_SIZE = 8  # segments per jitted call in the tests (one row per emulated device)
@@ -45,6 +46,31 @@ def write_vocab(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def calibrate_batch_norm(model: RetrievalModel, variables: dict, seed: int = 0) -> dict:
+    """The CNN's running statistics set to those of one batch of noise, as training leaves them.
+
+    EfficientAT's init (kaiming, fan-out) shrinks the activations by about 1/sqrt(C) per depthwise
+    layer; in eval mode the initial statistics (mean 0, var 1) do not undo that, so an untrained
+    CNN's tokens are ~1e-7 and every recording embeds alike. One train-mode step moves each
+    running value by (1 - momentum) towards the batch's; solving for the batch's gives them exactly.
+    """
+    audio = (np.random.default_rng(seed).standard_normal((4, 32000)) * 3000).astype(np.int16)
+
+    def tower(module, audio, valid, train):
+        return module.audio_tower(audio, valid, train=train)
+
+    keys = {k: jax.random.key(seed + 10 + i, impl="rbg") for i, k in enumerate(("dropout", "augment"))}
+    _, updated = jax.jit(functools.partial(model.apply, train=True, method=tower, mutable=["batch_stats"]))(
+        variables, audio, np.ones(4, np.float32), rngs=keys)
+    m = BN_MOMENTUM
+
+    def solve(old, new):
+        return (np.asarray(new) - m * np.asarray(old)) / (1 - m)
+
+    stats = jax.tree.map(solve, variables["batch_stats"], jax.device_get(updated["batch_stats"]))
+    return {**variables, "batch_stats": stats}
+
+
 def save_tiny_model(directory: pathlib.Path, mode: str = "late", seed: int = 0) -> pathlib.Path:
     model = tiny_model(mode)
     batch = {"audio": np.zeros((1, 32000), np.int16), "audio_valid": np.ones(1, np.float32),
@@ -55,6 +81,7 @@ def save_tiny_model(directory: pathlib.Path, mode: str = "late", seed: int = 0) 
     keys = {k: jax.random.key(seed + i, impl="rbg") for i, k in enumerate(("params", "dropout", "augment"))}
     # Jitted: eager initialisation dispatches every op on its own (minutes on 8 emulated devices).
     variables = jax.device_get(jax.jit(functools.partial(model.init, train=False))(keys, batch))
+    variables = calibrate_batch_norm(model, variables, seed)
     vocab = write_vocab(directory.parent / f"{directory.name}_vocab")
     return model_dir.save(directory, model, variables, vocab, max_length=8, segment_seconds=SEGMENT_SECONDS,
                           card={"training_data": "none: randomly initialised test model"})

@@ -166,7 +166,7 @@ def test_bad_rows_and_corrupt_audio_are_reported_and_counted(tmp_path):
     ] + [[str(10 + i), ytid, "0", f"Corrupt audio {i}"] for i, ytid in enumerate(ytids.values())]
     write_csv(root / "train.csv", HEADER, rows)
     out = tmp_path / "out"
-    report = preparation.prepare("audiocaps", root, out, decode_threads=1)
+    report = preparation.prepare("audiocaps", root, out, decode_threads=1, keep_unlabelled=True)  # no AudioSet labels here
     train = report["splits"]["train"]
     reasons = {r["file"]: r["reason"] for r in train["rejected"]}
     assert len(reasons) == len(train["rejected"]) == 4 + len(bad)
@@ -190,5 +190,5 @@ def test_csv_with_wrong_columns_fails_at_once_naming_file_and_column(tmp_path):
     write_csv(root / "train.csv", ["audiocap_id", "youtube_id", "start_time", "captions"],
               [["1", "goodclip001", "0", "A bell rings"]])
     with pytest.raises(ValueError, match=r"train\.csv: missing column\(s\) \['caption'\]"):
-        preparation.prepare("audiocaps", root, tmp_path / "out")
+        preparation.prepare("audiocaps", root, tmp_path / "out", keep_unlabelled=True)
     assert not preparation.is_prepared("audiocaps", tmp_path / "out")
