@@ -184,6 +184,19 @@ def first_evaluation_clip(ws: pathlib.Path) -> str:
     return str(sorted((ws / "data" / "demo" / "synthetic_clotho" / "evaluation").glob("*.wav"))[0])
 
 
+def wait_for_port(url: str, process: subprocess.Popen, deadline: float) -> None:
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                return
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited before listening on {url}")
+            time.sleep(0.5)
+    raise AssertionError(f"nothing listens on {url}")
+
+
 def free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -463,6 +476,8 @@ class Workspace:
                 lines.append(line)
                 found = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
                 if found:
+                    # The line can come before uvicorn listens: wait for the port, then check.
+                    wait_for_port(found.group(1), process, time.monotonic() + 120)
                     recipe.check(self.root, found.group(1))
                     self.done[recipe.name] = "".join(lines)
                     return self.done[recipe.name]
