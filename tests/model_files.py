@@ -100,3 +100,18 @@ def write_sound(path: pathlib.Path, seconds: float, rate: int = 32000, channels:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, wave.astype(np.float32), rate, subtype=subtype)
     return path
+
+
+def tiny_demo_config():
+    """configs/demo.py with a model small enough to train or compile in seconds (the tests that
+    run the real training loop or a whole-step TPU compile)."""
+    from configs import demo
+
+    c = demo.get_config()
+    c.model.audio.width_mult = 0.1
+    c.model.audio.window_seconds = 1.0
+    c.model.audio.freq_mask_bins, c.model.audio.time_mask_frames = 8, 20
+    c.model.pooling.dim, c.model.pooling.num_heads, c.model.pooling.mlp_dim = 32, 2, 64
+    c.model.pooling.max_len = 16
+    c.model.fusion.embed_dim = 32
+    return c

@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                 reason="libtpu not installed (pip install -r requirements-tpu.txt)")
 
-from configs import demo  # noqa: E402
+from model_files import tiny_demo_config  # noqa: E402
 from hybrid_jax import hlo, losses, plan, sharding  # noqa: E402
 from hybrid_jax.backend import chips, depthwise  # noqa: E402
 from hybrid_jax.models.bert import BertConfig  # noqa: E402
@@ -26,13 +26,7 @@ TINY_BERT = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=1, num
 
 
 def tiny_config():
-    c = demo.get_config()
-    c.model.audio.width_mult = 0.1
-    c.model.audio.window_seconds = 1.0
-    c.model.audio.freq_mask_bins, c.model.audio.time_mask_frames = 8, 20
-    c.model.pooling.dim, c.model.pooling.num_heads, c.model.pooling.mlp_dim = 32, 2, 64
-    c.model.pooling.max_len = 16
-    c.model.fusion.embed_dim = 32
+    c = tiny_demo_config()
     c.model.text.trainable = True
     c.data.clip_seconds = 2.0
     c.train.batch_size = GLOBAL_BATCH

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import demo
+from model_files import tiny_demo_config
 from hybrid_jax import evaluate, metrics, train
 from hybrid_jax.checkpointing import Checkpoints
 from hybrid_jax.data import records
@@ -28,13 +28,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny_config(data_root, **overrides):
-    c = demo.get_config()
-    c.model.audio.width_mult = 0.1
-    c.model.audio.window_seconds = 1.0
-    c.model.audio.freq_mask_bins, c.model.audio.time_mask_frames = 8, 20
-    c.model.pooling.dim, c.model.pooling.num_heads, c.model.pooling.mlp_dim = 32, 2, 64
-    c.model.pooling.max_len = 16
-    c.model.fusion.embed_dim = 32
+    c = tiny_demo_config()
     c.data.synthetic_dir = str(data_root / "raw")
     c.data.data_dir = str(data_root / "tfds")
     c.data.synthetic_clips = {"development": 8, "validation": 4, "evaluation": 4}
