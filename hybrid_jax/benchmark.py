@@ -47,13 +47,7 @@ MALLOC_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD
 def build_model(model_config: ConfigDict, policy=None) -> tuple[build.Built, list[str]]:
     """``build.build`` with a random-init fallback for missing checkpoints -> (Built, notes)."""
     model_config = copy.deepcopy(model_config)
-    notes = []
-    audio_ckpt = model_config.audio.checkpoint
-    if audio_ckpt and not pathlib.Path(audio_ckpt).expanduser().is_dir():
-        with model_config.unlocked():
-            model_config.audio.checkpoint = None
-        notes.append(f"audio checkpoint {audio_ckpt} missing: random-init MobileNetV3 "
-                     f"width {model_config.audio.width_mult} (config.model.audio.width_mult)")
+    notes = plan.drop_missing_audio_checkpoint(model_config)  # random-init CNN of the config's width
     text_ckpt, hf = model_config.text.checkpoint, None
     if text_ckpt != build.MINILM and not pathlib.Path(text_ckpt).expanduser().is_dir():
         hf = plan.released_bert(text_ckpt)

@@ -52,15 +52,22 @@ def released_bert(checkpoint: str) -> dict:
         f"(known: {sorted(HF_BERT_CONFIGS)}); convert it first or use one of those names")
 
 
+def drop_missing_audio_checkpoint(model_config: ConfigDict) -> list[str]:
+    """Clears ``audio.checkpoint`` (in place) when its directory does not exist, so the CNN is built
+    from ``audio.width_mult`` -> the note saying so (none when the checkpoint is there)."""
+    audio_ckpt = model_config.audio.checkpoint
+    if not audio_ckpt or pathlib.Path(audio_ckpt).expanduser().is_dir():
+        return []
+    with model_config.unlocked():
+        model_config.audio.checkpoint = None
+    return [f"audio checkpoint {audio_ckpt} missing: MobileNetV3 width "
+            f"{model_config.audio.width_mult} (config.model.audio.width_mult)"]
+
+
 def model_for(model_config: ConfigDict, policy: backend_policy.Policy, text_config=None):
     """``build.architecture`` where a missing tower becomes its architecture -> (model, notes)."""
-    model_config, notes = copy.deepcopy(model_config), []
-    audio_ckpt = model_config.audio.checkpoint
-    if audio_ckpt and not pathlib.Path(audio_ckpt).expanduser().is_dir():
-        with model_config.unlocked():
-            model_config.audio.checkpoint = None
-        notes.append(f"audio checkpoint {audio_ckpt} missing: MobileNetV3 width "
-                     f"{model_config.audio.width_mult} (config.model.audio.width_mult)")
+    model_config = copy.deepcopy(model_config)
+    notes = drop_missing_audio_checkpoint(model_config)
     text_ckpt = model_config.text.checkpoint
     if text_config is None and text_ckpt != build.MINILM and not pathlib.Path(text_ckpt).expanduser().is_dir():
         text_config = BertConfig.from_hf(released_bert(text_ckpt), dropout=model_config.text.dropout)
