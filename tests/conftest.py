@@ -10,7 +10,11 @@ import tempfile  # noqa: E402
 
 # Hermetic caches: the converted MiniLM and XLA's compiled programs live in a per-run temp dir
 # (the persistent compilation cache makes the repeated train runs of the resume tests cheap).
-_CACHE = tempfile.mkdtemp(prefix="hybrid_jax_test_cache_")
+# One dir for the whole run: made by the first process that loads this file (pytest-xdist's
+# controller), inherited through the environment by the workers and the commands they run, so a
+# program compiled in one process is not compiled again in another.
+_CACHE = os.environ.get("HYBRID_JAX_TEST_SESSION_CACHE") or tempfile.mkdtemp(prefix="hybrid_jax_test_cache_")
+os.environ["HYBRID_JAX_TEST_SESSION_CACHE"] = _CACHE
 os.environ["HYBRID_JAX_CACHE"] = _CACHE
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_CACHE, "xla")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

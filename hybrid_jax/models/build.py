@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -46,7 +48,18 @@ def text_checkpoint_dir(path: str) -> pathlib.Path:
     cache_root = os.environ.get("HYBRID_JAX_CACHE") or pathlib.Path.home() / ".cache" / "hybrid_jax"
     cache = pathlib.Path(cache_root) / "minilm"
     if not (cache / "variables.safetensors").is_file():
-        convert_bert.convert_checkpoint(text.minilm_package_dir(), cache)
+        # Converted beside the cache and renamed into place, so that concurrent jobs on one
+        # machine never read a half-written directory (the first rename wins; the others drop theirs).
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = pathlib.Path(tempfile.mkdtemp(prefix="minilm.", dir=cache.parent))
+        convert_bert.convert_checkpoint(text.minilm_package_dir(), partial)
+        try:
+            partial.rename(cache)
+        except OSError:  # another job was first, or an incomplete directory is in the way
+            shutil.rmtree(partial)
+            if not (cache / "variables.safetensors").is_file():
+                raise FileExistsError(f"{cache} exists without variables.safetensors (an interrupted "
+                                      f"conversion?): remove it and run again") from None
     return cache
 
 
