@@ -115,24 +115,20 @@ def example_batch(data: EvalData, batch_size: int) -> dict[str, np.ndarray]:
 def load_trained(config, workdir: str | pathlib.Path, checkpoint: str, example: dict[str, np.ndarray], built=None):
     """Restores ``checkpoint`` ("best", "latest" or a step directory) of ``workdir`` into the model
     of ``config`` (``built`` if already built) -> (variables, embed_items, embed_queries, mesh)."""
-    from hybrid_jax import optim, steps  # heavy imports only on the CLI paths
-    from hybrid_jax.checkpointing import Checkpoints, restore_from_path
+    from hybrid_jax import checkpointing, optim, steps  # heavy imports only on the CLI paths
     from hybrid_jax.models import build
-    from hybrid_jax.state import abstract, init_state
+    from hybrid_jax.state import abstract_state
 
     mesh = sharding.make_mesh(config.mesh.shape)
     policy = backend_policy.of_mesh(mesh)
     built = built or build.build(config.model, policy)
     tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1)
-    state, state_shardings = init_state(built, tx, example, config, mesh)
-    if checkpoint in ("best", "latest"):
-        checkpoints = Checkpoints(workdir, policy=policy)
-        state, _ = checkpoints.restore(checkpoint, abstract(state))
-        checkpoints.close()
-    else:
-        state, _ = restore_from_path(checkpoint, abstract(state))
+    # The state's shapes and shardings only: nothing is initialised or compiled before the restore,
+    # and of the checkpoint only the variables are read (not the optimizer's moments).
+    state, state_shardings = abstract_state(built.model, tx, example, config, mesh)
+    variables, _ = checkpointing.restore_variables(
+        workdir, checkpoint, {"params": state.params, "batch_stats": state.batch_stats})
     shardings = {"params": state_shardings.params, "batch_stats": state_shardings.batch_stats}
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     embed_items = steps.jit_embed(built.model, "embed_items", shardings, mesh)
     embed_queries = steps.jit_embed(built.model, "embed_queries", shardings, mesh)
     return variables, embed_items, embed_queries, mesh

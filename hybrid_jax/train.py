@@ -21,7 +21,7 @@ from hybrid_jax.checkpointing import Checkpoints
 from hybrid_jax.data.datasets import open_datasets
 from hybrid_jax.logs import MetricsLog
 from hybrid_jax.models import build
-from hybrid_jax.state import abstract, init_state
+from hybrid_jax.state import abstract, abstract_state, init_state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,7 +44,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
     if config.train.max_steps:
         total_steps = min(total_steps, config.train.max_steps)
     tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch)
-    state, state_shardings = init_state(built, tx, loader.batch(0), config, mesh)
+    checkpoints = Checkpoints(workdir, policy=policy)
+    resuming = checkpoints.latest_step() is not None
+    # A resumed run restores onto the state's abstract form: its initialisation (a large program
+    # of random draws) would only be overwritten.
+    if resuming:
+        state, state_shardings = abstract_state(built.model, tx, loader.batch(0), config, mesh)
+    else:
+        state, state_shardings = init_state(built, tx, loader.batch(0), config, mesh)
     train_step = steps.jit_train_step(steps.make_train_step(
         built.model, tx, schedule, microbatch_size=config.train.microbatch_size,
         accumulation=config.train.accumulation, loss_impl=config.train.loss_impl, mesh=mesh), state_shardings, mesh)
@@ -58,11 +65,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict:
             embed_items, embed_queries, variables, eval_set, batch_size=config.eval.batch_size, mesh=mesh
         )
 
-    checkpoints = Checkpoints(workdir, policy=policy)
     iterator = iter(loader)
     meta = {"best_map10": -1.0, "best_step": None}
-    if checkpoints.latest_step() is not None:
-        state, meta = checkpoints.restore("latest", abstract(state))
+    if resuming:
+        state, meta = checkpoints.restore("latest", state)
         iterator.set_state(meta["data_iterator"])
         logging.info("resumed from step %d in %s", int(state.step), workdir)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
