@@ -1,0 +1,81 @@
+"""``plan.max_batch``'s search (doubling, bisection, the linear guess, a first batch too large)
+against compilers whose peak memory is a known function of the batch.
+
+The search only sees what ``try_batch`` reports (fits, peak bytes), so these tests give it
+reports from a memory model instead of the TPU compiler (minutes per compilation on this host);
+the real compilations are run by the README's ``--max-batch`` command (test_readme_plans.py).
+"""
+import jax
+import pytest
+
+from configs import base
+from hybrid_jax import plan
+from hybrid_jax.backend import chips
+
+GIB = chips.GIB
+
+
+def search(monkeypatch, peak_of_batch, hbm_gib: float, **kwargs):
+    """max_batch on 4 CPU devices (mesh data=4: batches in steps of 4) with ``peak_of_batch``
+    as the compiler; a batch fits when its peak is within ``hbm_gib``."""
+    chip = chips.Chip(name="test chip", device_kind="test", hbm_bytes=int(hbm_gib * GIB), peak_bf16_tflops=100.0,
+                      hbm_gbps=1000.0)
+    compiled = []
+
+    def try_batch(config, devices, chip_, topology, batch, text_config=None, hlo_out=None):
+        compiled.append(batch)
+        peak = peak_of_batch(batch)
+        if peak > chip_.hbm_bytes:
+            return plan.did_not_fit(devices, chip_, topology, batch, "exceeds available HBM")
+        return {"fits": True, "batch_size": batch, "memory_per_chip": {"peak_bytes_estimate": peak}}
+
+    monkeypatch.setattr(plan, "try_batch", try_batch)
+    config = base.get_config()
+    config.mesh.shape = (("data", 4), ("fsdp", 1))
+    result = plan.max_batch(config, jax.devices()[:4], chip, "test:2x2", log=lambda _: None, **kwargs)
+    assert [batch for batch, _, _ in result["tried"]] == compiled
+    return result
+
+
+def linear(base_gib: float, gib_per_pair: float):
+    return lambda batch: int((base_gib + gib_per_pair * batch) * GIB)
+
+
+def test_doubles_then_lands_on_the_largest_batch_by_the_linear_fit(monkeypatch):
+    # 1 GiB + 0.1 GiB per pair, 16 GiB of HBM: the largest fitting multiple of 4 is 148.
+    result = search(monkeypatch, linear(1.0, 0.1), 16.0, start_per_chip=2)
+    tried = [batch for batch, _, _ in result["tried"]]
+    assert tried[:6] == [8, 16, 32, 64, 128, 256]  # doubling until 256 does not fit
+    assert result["largest"]["batch_size"] == 148 and result["granularity"] == 4
+    assert tried[6] == 148 and len(tried) <= 8  # the linear guess is exact for a linear compiler
+
+
+def test_bisects_when_memory_is_not_linear(monkeypatch):
+    # Peak jumps at 100 pairs (a different layout, say): the fit overshoots, bisection finishes.
+    peak = lambda batch: int((1.0 + 0.01 * batch + (20.0 if batch >= 100 else 0.0)) * GIB)  # noqa: E731
+    result = search(monkeypatch, peak, 16.0, start_per_chip=2, max_compiles=20)
+    assert result["largest"]["batch_size"] == 96
+    fits = {batch: ok for batch, ok, _ in result["tried"]}
+    assert fits[96] and not fits[100]  # the bracket was closed to one step
+
+
+def test_a_first_batch_too_large_is_halved_until_one_fits(monkeypatch):
+    result = search(monkeypatch, linear(1.0, 1.0), 16.0, start_per_chip=8)
+    assert [(batch, ok) for batch, ok, _ in result["tried"]][:3] == [(32, False), (16, False), (8, True)]
+    assert result["largest"]["batch_size"] == 8
+
+
+def test_nothing_fits_and_the_budget_is_kept(monkeypatch):
+    result = search(monkeypatch, linear(100.0, 1.0), 16.0, start_per_chip=2)
+    assert result["largest"] is None and [ok for _, ok, _ in result["tried"]] == [False, False]
+    result = search(monkeypatch, linear(1.0, 0.001), 16.0, start_per_chip=2, max_compiles=3)
+    assert len(result["tried"]) == 3 and result["largest"]["batch_size"] == 32  # stopped by the budget
+
+
+@pytest.mark.parametrize("micro", [0, 32])
+def test_granularity_is_the_batch_split_and_the_gradcache_sub_batch(micro):
+    config = base.get_config()
+    config.mesh.shape = (("data", 4), ("fsdp", 2))
+    config.train.microbatch_size = micro
+    # the batch splits over data and fsdp (8 devices); GradCache sub-batches of 32 over those 8
+    assert plan.batch_granularity(config, jax.devices()[:8]) == (32 if micro else 8)
