@@ -115,7 +115,8 @@ def example_batch(data: EvalData, batch_size: int) -> dict[str, np.ndarray]:
 def load_trained(config, workdir: str | pathlib.Path, checkpoint: str, example: dict[str, np.ndarray], built=None):
     """Restores ``checkpoint`` ("best", "latest" or a step directory) of ``workdir`` into the model
     of ``config`` (``built`` if already built) -> (variables, embed_items, embed_queries, mesh)."""
-    from hybrid_jax import checkpointing, optim, steps  # heavy imports only on the CLI paths
+    # heavy imports only on the CLI paths
+    from hybrid_jax import checkpointing, optim, steps
     from hybrid_jax.models import build
     from hybrid_jax.state import abstract_state
 

@@ -30,10 +30,11 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 # The suite runs in two processes, a module to each (pyproject: -n 2 --dist loadfile
 # --no-loadscope-reorder); modules are handed out in collection order, so the modules of many
 # minutes go first and the short ones fill in around them (longest first, measured on 2 cores).
-LONGEST_FIRST = ("test_readme_demo.py", "test_readme_commands.py", "test_train.py", "test_readme_plans.py",
-                 "test_backend_policy.py", "test_tpu_plan.py",
-                 "test_configs.py", "test_search.py", "test_multiprocess.py", "test_sharding.py",
-                 "test_model.py", "test_salsa_parity.py", "test_gpu_benchmarks.py", "test_serve.py")
+LONGEST_FIRST = ("test_train.py", "test_readme_demo.py", "test_readme_commands.py", "test_readme_plans.py",
+                 "test_gradcache.py", "test_model.py", "test_tpu_plan.py", "test_sharding.py",
+                 "test_multiprocess.py", "test_mobilenet.py", "test_search.py", "test_configs.py",
+                 "test_backend_policy.py", "test_inference.py", "test_salsa_parity.py", "test_model_dir.py",
+                 "test_serve.py")
 
 
 def pytest_collection_modifyitems(items):

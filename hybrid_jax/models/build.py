@@ -16,8 +16,8 @@ import numpy as np
 from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.convert import weights
 from hybrid_jax.models import frontend, pretrained, text
-from hybrid_jax.models.bert import BertConfig
 from hybrid_jax.models import text_encoder as text_encoder_lib
+from hybrid_jax.models.bert import BertConfig
 from hybrid_jax.models.retrieval import AudioSettings, PoolingSettings, RetrievalModel
 
 MINILM = "minilm"  # config.model.text.checkpoint value for the packaged offline MiniLM
