@@ -79,3 +79,37 @@ def test_granularity_is_the_batch_split_and_the_gradcache_sub_batch(micro):
     config.train.microbatch_size = micro
     # the batch splits over data and fsdp (8 devices); GradCache sub-batches of 32 over those 8
     assert plan.batch_granularity(config, jax.devices()[:8]) == (32 if micro else 8)
+
+
+def plan_table_tool():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "tools" / "tpu_plan_table.py"
+    spec = importlib.util.spec_from_file_location("tpu_plan_table", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_plan_table_rows_without_a_cost_model_time():
+    """The TPU compiler gives no step time for some chips (v5e with this libtpu: the report then
+    has no estimated_step_s / estimated_mfu); the planning table says so instead of crashing. The
+    figures are those of the clotho_late v5e:2x2 search in docs/tpu_planning.md."""
+    tool = plan_table_tool()
+    result = {"chips": 4, "batch_size": 128, "fits": True, "hbm_used_fraction": 0.8786,
+              "flops_per_pair": 198.555e9, "peak_bf16_tflops_per_chip": 197.0,
+              "flops_per_chip_step": 6.354e12, "bytes_accessed_per_chip_step": 239.35e9,
+              "memory_per_chip": {"peak_bytes_estimate": 15094491136},
+              "max_batch_search": {"tried": [[32, True, 1], [64, True, 2], [128, True, 3]]}}
+    line = tool.row("clotho_late", "v5e:2x2", "base", result, ["python", "-m", "hybrid_jax.benchmark"])
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    # 32+ per chip: every batch tried fitted; epoch = 19,195 pairs x 198.6 GFLOP / (0.35 x 4 x 197 TFLOP/s)
+    assert cells[3:8] == ["32+", "88 %", "199 (182)", "no cost-model time", "13.8 s"], cells
+    with_time = {**result, "estimated_step_s": 0.1, "estimated_mfu": 0.0806}
+    cells = [c.strip() for c in tool.efficiency_row("clotho_late", "v5e:2x2", "base", 32, with_time,
+                                                    ["python", "x"]).split("|")[1:-1]]
+    assert cells[4] == "100.0 ms" and cells[8] == "8.1 %", cells
+    cells = [c.strip() for c in tool.efficiency_row("clotho_late", "v5e:2x2", "base", 32, result,
+                                                    ["python", "x"]).split("|")[1:-1]]
+    assert cells[4] == cells[8] == "no cost-model time", cells

@@ -69,6 +69,12 @@ def cell_path(out: pathlib.Path, config: str, topology: str, variant: str,
     return out / f"{config}__{topology.replace(':', '_')}__{variant}{suffix}.json"
 
 
+def estimate(result: dict, key: str, scale: float, unit: str) -> str:
+    """A cost-model figure, or why there is none (XLA reports no step time for some chips, e.g.
+    v5e with libtpu 0.0.50.1: then the report has no estimated time or MFU)."""
+    return f"{scale * result[key]:.1f} {unit}" if key in result else "no cost-model time"
+
+
 def efficiency_row(config: str, topology: str, variant: str, per_chip: int, result: dict | None,
                    cmd: list[str]) -> str:
     shown = "python " + " ".join(shlex.quote(a) for a in cmd[1:])
@@ -77,10 +83,10 @@ def efficiency_row(config: str, topology: str, variant: str, per_chip: int, resu
     if "memory_per_chip" not in result:
         return f"| {config} | {topology} | {variant} | {per_chip} | does not fit | | | | | `{shown}` |"
     return (f"| {config} | {topology} | {variant} | {per_chip} | "
-            f"{1e3 * result['estimated_step_s']:.1f} ms | {result['flops_per_chip_step'] / 1e12:.2f} | "
+            f"{estimate(result, 'estimated_step_s', 1e3, 'ms')} | {result['flops_per_chip_step'] / 1e12:.2f} | "
             f"{result['bytes_accessed_per_chip_step'] / 1e9:.1f} | "
             f"{result['memory_per_chip']['peak_bytes_estimate'] / 2**30:.1f} GiB | "
-            f"{100 * result['estimated_mfu']:.1f} % | `{shown}` |")
+            f"{estimate(result, 'estimated_mfu', 100, '%')} | `{shown}` |")
 
 
 def row(config: str, topology: str, variant: str, result: dict | None, cmd: list[str]) -> str:
@@ -101,7 +107,7 @@ def row(config: str, topology: str, variant: str, result: dict | None, cmd: list
     return (f"| {config} | {topology} | {variant} | {per_chip:g}{'+' if capped else ''} | "
             f"{100 * result['hbm_used_fraction']:.0f} % | {gflop:.0f}"
             f"{f' ({analytic:.0f})' if analytic else ''} | "
-            f"{100 * result['estimated_mfu']:.1f} % | {epoch_s:.1f} s | `{shown}` |")
+            f"{estimate(result, 'estimated_mfu', 100, '%')} | {epoch_s:.1f} s | `{shown}` |")
 
 
 def main(argv):
