@@ -192,6 +192,11 @@ _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _DIM_LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
+_LHS_DILATE = re.compile(r"lhs_dilate=([\dx]+)")
+# A copy-start's result is (destination, source, context). Its destination in memory space 1
+# (``...S(1)}``: the TPU's on-chip memory) is a prefetch that reads HBM once and writes nothing
+# there; counting the tuple would charge the array three times.
+_ALTERNATE_MEMORY = re.compile(r"[a-z0-9]+\[[\d,]*\]\{[^}]*S\(1\)\}")
 _SKIP_BYTES = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while",
                "conditional", "call", "copy-done", "all-gather-done", "all-reduce-done",
                "collective-permute-done", "async-done")
@@ -220,7 +225,17 @@ def matmul_flops(ins: Instruction, shapes: dict) -> float:
     if not labels or kernel is None:
         return 0.0
     kernel_labels = labels.group(2)  # e.g. "01io": spatial dims, input and output features
-    per_output = _elements(d for d, label in zip(kernel, kernel_labels) if label != "o")
+    # A base-dilated window (XLA's TPU form of a batched dot, e.g. per-example weights: size=96,
+    # lhs_dilate=96) meets real input in only ceil(size / dilation) of its taps; the rest are the
+    # inserted zeros, which cost nothing.
+    dilate = _LHS_DILATE.search(ins.line)
+    dilation = [int(d) for d in dilate.group(1).split("x")] if dilate else []
+    per_output = 1
+    for size, label in zip(kernel, kernel_labels):
+        if label.isdigit() and int(label) < len(dilation):
+            per_output *= -(-size // dilation[int(label)])
+        elif label != "o":
+            per_output *= size
     return 2.0 * out * per_output
 
 
@@ -272,7 +287,11 @@ def op_costs(text: str) -> list[dict]:
                 flops = sum(flops_of(c) for c in _CALLS.findall(ins.line))
             else:
                 flops = 0.0
-            moved = sizes.get(name, 0) + sum(sizes.get(o, 0) for o in ins.operands)
+            moved = sum(sizes.get(o, 0) for o in ins.operands)
+            if ins.op != "copy-start":
+                moved += sizes.get(name, 0)
+            elif ins.arrays and not _ALTERNATE_MEMORY.match(ins.line, ins.line.find("= (") + 3):
+                moved += nbytes(ins.arrays[:1])  # an HBM-to-HBM copy also writes its result
             out.append({"name": name, "op": ins.op, "op_name": ins.op_name, "flops": flops,
                         "bytes": moved})
     return out

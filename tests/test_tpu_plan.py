@@ -184,3 +184,43 @@ def test_breakdown_counts_matmul_and_conv_flops(target):
     expected = 2 * 256 * 512 * 384 + 2 * (8 * 32 * 32 * 128) * 9
     assert sum(r["flops"] for r in rows) == expected
     assert all(r["roofline_s"] > 0 for r in rows)
+
+
+def test_breakdown_counts_a_base_dilated_batched_dot_once(target):
+    """XLA's TPU compiler writes the gradients of a dot with per-example weights (the SE gate folded
+    into the projection) as base-dilated convolutions (window 24, lhs_dilate 24): only one tap in 24
+    meets real input, so counting the whole window overstated such ops 24-fold (96-fold in mn40)."""
+    devices, chip = target
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    b, h, w, i, o = 24, 63, 8, 256, 128
+    x = jax.ShapeDtypeStruct((b, h, w, i), jnp.bfloat16, sharding=one)
+    gate = jax.ShapeDtypeStruct((b, i), jnp.bfloat16, sharding=one)
+    kernel = jax.ShapeDtypeStruct((i, o), jnp.bfloat16, sharding=one)
+
+    def loss(x, gate, kernel):
+        return jnp.einsum("bhwi,bio->bhwo", x, gate[:, :, None] * kernel).astype(jnp.float32).sum()
+
+    text = _compile(jax.grad(loss, (0, 1, 2)), x, gate, kernel)
+    assert "lhs_dilate" in text  # the form this test is about (libtpu as pinned)
+    rows = hlo.breakdown(text, chip.peak_bf16_tflops * 1e12, chip.hbm_gbps * 1e9)
+    # Two gradient dots (input and per-example weights); the forward product is not needed.
+    assert sum(r["flops"] for r in rows) == 2 * (2 * b * h * w * i * o)
+
+
+def test_breakdown_charges_a_prefetch_once_and_a_copy_twice():
+    """A copy-start into on-chip memory (``S(1)``) reads its array from HBM once; one between HBM
+    buffers reads and writes it. Its tuple result (destination, source, context) is not traffic."""
+    array = "bf16[96,63,8,448]{3,2,1,0:T(8,128)(2,1)%s}"
+    size = 96 * 63 * 8 * 448 * 2
+
+    def charged(destination_space):
+        text = "\n".join([
+            "ENTRY %main () -> f32[] {",
+            f"  %p = {array % ''} parameter(0)",
+            (f"  %copy-start.1 = ({array % destination_space}, {array % ''}, u32[]{{:S(2)}}) "
+             "copy-start(%p), backend_config={}"),
+            "}"])
+        return [c["bytes"] for c in hlo.op_costs(text)]
+
+    assert charged("S(1)") == [size]
+    assert charged("") == [2 * size]
