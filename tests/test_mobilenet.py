@@ -139,6 +139,23 @@ def test_batch_norm_train_mode_tracks_pytorch_statistics():
     np.testing.assert_allclose(np.asarray(out).reshape(-1, 3), expected, atol=1e-4)
 
 
+def test_batch_norm_train_statistics_survive_a_large_mean():
+    """The one-pass statistics (E[d], E[d^2]) are centred on the running mean: activations of mean
+    500 and std 0.05 (E[y^2] = 250000.0025 in float32 would lose the variance entirely) still give
+    the batch variance, once the running mean is near the batch mean, as it is in a trained net."""
+    bn = mobilenet.BatchNorm(2)
+    variables = bn.init(jax.random.key(0), jnp.zeros((1, 1, 1, 2)), train=False)
+    variables = {"params": variables["params"],
+                 "batch_stats": {"mean": jnp.asarray([499.9, -499.9]), "var": jnp.ones(2)}}
+    rng = np.random.default_rng(3)
+    y = np.stack([rng.normal(500.0, 0.05, size=(4, 6, 5)), rng.normal(-500.0, 0.05, size=(4, 6, 5))], -1)
+    out, updates = bn.apply(variables, jnp.asarray(y, jnp.float32), train=True, mutable=["batch_stats"])
+    flat = np.asarray(y, np.float32).astype(np.float64).reshape(-1, 2)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.99 + 0.01 * flat.var(0, ddof=1), rtol=1e-6)
+    expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-3)
+    np.testing.assert_allclose(np.asarray(out).reshape(-1, 2), expected, atol=2e-3)
+
+
 def test_train_mode_updates_batch_stats_and_uses_dropout():
     module = mobilenet.MobileNetV3(0.1)
     mel = jnp.asarray(np.random.default_rng(2).normal(size=(2, 128, 40)), jnp.float32)

@@ -178,9 +178,17 @@ class BatchNorm(nn.Module):
 
     def __call__(self, y, *, train: bool):
         if train:
-            y32 = y.astype(jnp.float32)
-            mean = y32.mean(axis=(0, 1, 2))
-            var = jnp.square(y32 - mean).mean(axis=(0, 1, 2))
+            # Both statistics in one pass over y (E[d], E[d^2]), so that XLA computes them in
+            # the fusion that writes y: the two-pass form read every activation once more
+            # (TPU cost model, clotho_late on v5p at 32 pairs per chip: 220.7 -> 206.2 GB
+            # accessed, 97.7 -> 91.5 ms per step; docs/tpu_efficiency.md). Centring on the
+            # running mean (a constant here) keeps E[d^2] - E[d]^2 from cancelling when
+            # |mean| >> std.
+            shift = jax.lax.stop_gradient(self.mean.value)
+            d = y.astype(jnp.float32) - shift
+            mean_d = d.mean(axis=(0, 1, 2))
+            var = jnp.maximum(jnp.square(d).mean(axis=(0, 1, 2)) - jnp.square(mean_d), 0.0)
+            mean = mean_d + shift
             if not self.is_initializing():
                 count = y.size // y.shape[-1]
                 unbiased = var * count / max(count - 1, 1)  # PyTorch tracks the unbiased variance
