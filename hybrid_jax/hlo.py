@@ -159,11 +159,13 @@ def logit_arrays(parsed, global_batch: int, local_batch: int) -> list[str]:
 
 
 # Dots/convolutions that stay float32 in a bfloat16 program, on purpose: the log-mel front end
-# (STFT and mel matrix: the spectrum's dynamic range), the contrastive loss and its ring (logits
-# divided by a temperature of 0.05), the projections into the retrieval space and the SE gates
-# (float32 pooled inputs), and attention-score gradients (softmax in float32).
-FLOAT32_ALLOWED = (r"jit\(fft\)", r"audio_tower/mk,btk->bmt", r"shard_map", r"losses", r"_proj/",
-                   r"conc_se_layers", r"attention/self/btnh,bsnh->bnts", r"logits")
+# (STFT, by FFT or DFT matmul, and mel matrix: the spectrum's dynamic range), the contrastive
+# loss and its ring (logits divided by a temperature of 0.05), the projections into the
+# retrieval space and the SE gates (float32 pooled inputs), and attention-score gradients
+# (softmax in float32).
+FLOAT32_ALLOWED = (r"jit\(fft\)", r"audio_tower/btn,nk->btk", r"audio_tower/mk,btk->bmt",
+                   r"shard_map", r"losses", r"_proj/", r"conc_se_layers",
+                   r"attention/self/btnh,bsnh->bnts", r"logits")
 
 
 def audit(text: str, *, dtype: str, global_batch: int | None = None, local_batch: int | None = None) -> list[str]:

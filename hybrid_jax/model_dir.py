@@ -40,8 +40,8 @@ _NESTED = {"audio": AudioSettings, "text": BertConfig, "pooling": PoolingSetting
 def model_to_dict(model: RetrievalModel) -> dict[str, Any]:
     """Every constructor field of ``model`` as JSON-able values (dtypes by name).
 
-    The CNN kernels are written as "auto": they change speed, not values, and the loading host's
-    backend policy picks them (a model exported on a CPU runs the native kernels on a TPU)."""
+    The CNN kernels and the STFT are written as "auto": they change speed, not values, and the
+    loading host's backend policy picks them (a model exported on a CPU runs the native kernels on a TPU)."""
     out = {}
     for field in dataclasses.fields(RetrievalModel):
         if field.name in ("parent", "name"):
@@ -50,7 +50,7 @@ def model_to_dict(model: RetrievalModel) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             value = dataclasses.asdict(value)
             if field.name == "audio":
-                value["depthwise"] = "auto"
+                value["depthwise"] = value["stft"] = "auto"
         elif field.name == "dtype":
             value = jnp.dtype(value).name
         out[field.name] = value

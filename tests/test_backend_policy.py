@@ -21,6 +21,8 @@ def test_choices_per_platform():
     # Explicit choices win everywhere.
     assert tpu.kernels("shifted") == "shifted" and cpu.dtype("bfloat16") == jnp.bfloat16
     assert tpu.eval_chunk(3) == 3
+    # The STFT as a DFT matmul only on TPU (cuFFT and XLA:CPU's FFT beat the dense DFT).
+    assert (cpu.stft, gpu.stft, tpu.stft) == ("fft", "fft", "matmul")
     with pytest.raises(ValueError, match="depthwise"):
         cpu.kernels("grouped")
     with pytest.raises(ValueError, match="platform"):
@@ -45,8 +47,8 @@ def test_model_built_for_a_tpu_on_this_cpu_host_is_the_tpu_model():
     assert jax.default_backend() == "cpu"
     on_tpu = build.architecture(config.model, policy.Policy("tpu"))
     on_cpu = build.architecture(config.model, policy.Policy("cpu"))
-    assert (on_tpu.audio.depthwise, on_tpu.dtype) == ("native", jnp.bfloat16)
-    assert (on_cpu.audio.depthwise, on_cpu.dtype) == ("shifted", jnp.float32)
+    assert (on_tpu.audio.depthwise, on_tpu.audio.stft, on_tpu.dtype) == ("native", "matmul", jnp.bfloat16)
+    assert (on_cpu.audio.depthwise, on_cpu.audio.stft, on_cpu.dtype) == ("shifted", "fft", jnp.float32)
     # The same towers: only backend choices differ.
     assert on_tpu.text == on_cpu.text and on_tpu.audio.width_mult == on_cpu.audio.width_mult
     # Forced values pass through unchanged.

@@ -22,6 +22,19 @@ def test_mel_matches_pytorch(arrays):
     np.testing.assert_allclose(mel, arrays["mel"], rtol=0, atol=2e-4)
 
 
+def test_stft_as_dft_matmul_matches_pytorch_and_the_fft(arrays):
+    """The TPU policy's STFT (one windowed DFT matmul) gives PyTorch's mel and the FFT's power."""
+    mel = jax.jit(functools.partial(frontend.log_mel, stft="matmul"))(arrays["waveform"])
+    np.testing.assert_allclose(mel, arrays["mel"], rtol=0, atol=2e-4)
+    config = frontend.MelConfig()
+    waveform = jnp.asarray(np.random.default_rng(4).normal(0, 0.3, (2, 32000 * 3 + 123)), jnp.float32)
+    by_fft, by_matmul = (np.asarray(frontend.power_spectrogram(waveform, config, s)) for s in ("fft", "matmul"))
+    assert by_fft.shape == by_matmul.shape == (2, 301, 513)
+    np.testing.assert_allclose(by_matmul, by_fft, rtol=1e-4, atol=1e-5 * by_fft.max())
+    with pytest.raises(ValueError, match="stft"):
+        frontend.power_spectrogram(waveform, config, "dct")
+
+
 def test_kaldi_mel_bank_matches_torchaudio(arrays):
     bank = np.asarray(frontend.mel_filterbank(frontend.MelConfig()))
     np.testing.assert_allclose(bank, arrays["mel_basis"], rtol=0, atol=5e-5)

@@ -114,6 +114,12 @@ def test_report_and_table(compiled_step, target):
 
 # The audit's checks fail where they should, on small programs compiled for the same chips.
 
+def test_tpu_step_computes_the_stft_as_a_matmul(program):
+    """The TPU policy's front end: no FFT (XLA:TPU's staged DFTs), the windowed DFT basis instead."""
+    assert "jit(fft)" not in program and " fft(" not in program
+    assert "btn,nk->btk" in program
+
+
 def _compile(fn, *args):
     return jax.jit(fn).lower(*args).compile().as_text()
 

@@ -18,6 +18,10 @@ What differs per platform, and why:
   accelerator and sharding).
 * ``replica_parallel_save``: Orbax's default on accelerators; off on CPU, where the "devices" share
   one host memory and the per-replica slicing only costs compilations (``checkpointing``).
+* ``stft``: "matmul" on TPU (the mel front end's STFT as one float32 DFT matmul at HIGHEST
+  precision: XLA:TPU lowers an FFT to staged small DFTs that move the frames through HBM several
+  times; clotho_late on v5p at 32 pairs per chip, TPU cost model: 91.5 -> 87.3 ms per step),
+  "fft" on CPU and GPU (XLA:CPU's FFT, cuFFT), where the FFT is cheaper than the dense DFT.
 * ``eval_chunk("auto")``: 1 on CPU (one example at a time keeps the CNN's activations in cache),
   0 (the whole batch) on accelerators.
 """
@@ -70,6 +74,11 @@ class Policy:
     def init_rng_impl(self) -> str:
         """PRNG implementation of the parameter initialisers."""
         return "threefry2x32" if self.accelerator else "rbg"
+
+    @property
+    def stft(self) -> str:
+        """STFT of the mel front end (``frontend.STFT_IMPLS``)."""
+        return "matmul" if self.platform == "tpu" else "fft"
 
     @property
     def replica_parallel_save(self) -> bool:

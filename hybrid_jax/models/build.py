@@ -100,7 +100,7 @@ def checkpoint_mel(mel: frontend.MelConfig, saved: frontend.MelConfig) -> fronte
 def retrieval_model(model_config: ml_collections.ConfigDict, policy: backend_policy.Policy, *,
                     width_mult: float, mel: frontend.MelConfig, text_config) -> RetrievalModel:
     """``RetrievalModel`` of ``config.model`` with every backend choice resolved by ``policy``
-    (the CNN kernels and the compute dtype), for the given tower architectures."""
+    (the CNN kernels, the STFT and the compute dtype), for the given tower architectures."""
     audio_cfg, text_cfg = model_config.audio, model_config.text
     return RetrievalModel(
         audio=AudioSettings(
@@ -108,6 +108,7 @@ def retrieval_model(model_config: ml_collections.ConfigDict, policy: backend_pol
             window_seconds=audio_cfg.window_seconds,
             mel=mel,
             depthwise=policy.kernels(audio_cfg.depthwise),
+            stft=policy.stft,
             bn_momentum=audio_cfg.bn_momentum,
             remat=audio_cfg.remat,
             tokens=audio_cfg.get("tokens", "frame"),  # configs written before the key: frame tokens

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -15,6 +16,9 @@ LOG_OFFSET = 1e-5
 # EfficientAT's fixed normalisation of the log-mel: (x + 4.5) / 5.
 NORM_SHIFT = 4.5
 NORM_SCALE = 5.0
+# How the STFT is computed (the backend policy's ``stft``): "fft" (jnp.fft.rfft) or "matmul" (a
+# DFT basis [win, 2 (n_fft // 2 + 1)] with the window folded in, one float32 matmul).
+STFT_IMPLS = ("fft", "matmul")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,17 @@ def hann_window(length: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / (length - 1))).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
+    """[win_length, 2 K] float32: Hann-windowed cos | -sin of the K = n_fft // 2 + 1 bins, for frames
+    whose window starts at sample 0 (``power_spectrogram`` moves it there; only the phase moves)."""
+    n = np.arange(win_length, dtype=np.float64)[:, None]
+    k = np.arange(n_fft // 2 + 1, dtype=np.float64)[None, :]
+    angle = 2.0 * np.pi * ((n * k) % n_fft) / n_fft  # reduced mod n_fft before the float product
+    window = hann_window(win_length).astype(np.float64)[:, None]
+    return np.concatenate([window * np.cos(angle), -window * np.sin(angle)], axis=1).astype(np.float32)
+
+
 def _mel(freq):
     return 1127.0 * jnp.log1p(freq / 700.0)
 
@@ -79,8 +94,12 @@ def mel_filterbank(config: MelConfig, fmin=None, fmax=None) -> jax.Array:
     return jnp.pad(bank, ((0, 0), (0, 1)))
 
 
-def power_spectrogram(waveform: jax.Array, config: MelConfig) -> jax.Array:
-    """Pre-emphasis + centred, reflect-padded STFT power: [B, L] -> [B, T, n_fft // 2 + 1]."""
+def power_spectrogram(waveform: jax.Array, config: MelConfig, stft: str = "fft") -> jax.Array:
+    """Pre-emphasis + centred, reflect-padded STFT power: [B, L] -> [B, T, n_fft // 2 + 1].
+
+    ``stft`` (``STFT_IMPLS``): the same power by an FFT or by a DFT matmul; the policy picks."""
+    if stft not in STFT_IMPLS:
+        raise ValueError(f"stft must be one of {STFT_IMPLS}, got {stft!r}")
     x = waveform[:, 1:] - PREEMPHASIS * waveform[:, :-1]
     half = config.n_fft // 2
     if x.shape[1] <= half:
@@ -98,8 +117,13 @@ def power_spectrogram(waveform: jax.Array, config: MelConfig) -> jax.Array:
     # concatenating them (fewer passes), and no index table is baked into the program.
     index = (offset + config.hop_length * jnp.arange(num_frames, dtype=jnp.int32)[:, None]
              + jnp.arange(config.win_length, dtype=jnp.int32)[None, :])  # [T, win]
-    frames = jnp.take(x, index, axis=1) * jnp.asarray(hann_window(config.win_length))
-    spectrum = jnp.fft.rfft(frames, n=config.n_fft, axis=-1)
+    frames = jnp.take(x, index, axis=1)
+    if stft == "matmul":
+        basis = jnp.asarray(dft_basis(config.n_fft, config.win_length))
+        parts = jnp.einsum("btn,nk->btk", frames, basis, precision=jax.lax.Precision.HIGHEST)
+        real, imag = jnp.split(parts, 2, axis=-1)
+        return jnp.square(real) + jnp.square(imag)
+    spectrum = jnp.fft.rfft(frames * jnp.asarray(hann_window(config.win_length)), n=config.n_fft, axis=-1)
     return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
 
 
@@ -118,16 +142,18 @@ def _mask_along_axis(key, x: jax.Array, max_width: int, axis: int) -> jax.Array:
 
 
 def log_mel(
-    waveform: jax.Array, config: MelConfig = MelConfig(), rng: Optional[jax.Array] = None
+    waveform: jax.Array, config: MelConfig = MelConfig(), rng: Optional[jax.Array] = None,
+    stft: str = "fft",
 ) -> jax.Array:
     """Normalised log-mel [B, n_mels, T] float32 from a waveform [B, L] (T = 1 + (L - 1) // hop).
 
     ``rng=None`` is eval mode. With an rng it is training mode: fmin/fmax jitter drawn once per
     batch as in EfficientAT, then (if enabled) one frequency and one time mask per example, set to
-    0 in the log domain before normalisation, like torchaudio's masking.
+    0 in the log domain before normalisation, like torchaudio's masking. ``stft``: see
+    ``power_spectrogram``.
     """
     waveform = jnp.asarray(waveform, jnp.float32)
-    power = power_spectrogram(waveform, config)  # [B, T, K]
+    power = power_spectrogram(waveform, config, stft)  # [B, T, K]
     if rng is None:
         bank = mel_filterbank(config)
     else:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.models import frontend, fusion
 from hybrid_jax.models.bert import BertConfig, BertEncoder
 from hybrid_jax.models.linear import Linear
@@ -28,6 +29,7 @@ class AudioSettings:
     window_seconds: float = 10.0
     mel: frontend.MelConfig = frontend.MelConfig()
     depthwise: str = "auto"
+    stft: str = "auto"  # "fft" / "matmul" (frontend.STFT_IMPLS); "auto": this process's policy
     bn_momentum: float = 0.99  # BN running-average decay (EfficientAT: PyTorch momentum 0.01)
     remat: bool = False  # recompute each CNN block in the backward (keeps only block inputs)
     tokens: str = "window"  # TOKEN_MODES: one token per window, or one per CNN time step
@@ -86,7 +88,8 @@ class AudioTower(nn.Module):
         wave = jnp.pad(wave, ((0, 0), (0, num_windows * window - length)))
         windows = wave.reshape(batch * num_windows, window)
         rng = self.make_rng("augment") if train else None
-        mel = frontend.log_mel(windows, s.mel, rng=rng)  # [B*W, F, T]
+        stft = backend_policy.local().stft if s.stft == "auto" else s.stft  # build resolves it
+        mel = frontend.log_mel(windows, s.mel, rng=rng, stft=stft)  # [B*W, F, T]
         self.sow("intermediates", "mel", mel)
         cnn = MobileNetV3(width_mult=s.width_mult, num_classes=0, depthwise=s.depthwise,
                           bn_momentum=s.bn_momentum, dtype=self.dtype, remat=s.remat,
