@@ -21,7 +21,8 @@ What differs per platform, and why:
 * ``stft``: "matmul" on TPU (the mel front end's STFT as one float32 DFT matmul at HIGHEST
   precision: XLA:TPU lowers an FFT to staged small DFTs that move the frames through HBM several
   times; clotho_late on v5p at 32 pairs per chip, TPU cost model: 91.5 -> 87.3 ms per step),
-  "fft" on CPU and GPU (XLA:CPU's FFT, cuFFT), where the FFT is cheaper than the dense DFT.
+  "fft" on CPU and GPU (XLA:CPU's FFT, cuFFT): the dense DFT does about 30 times the FFT's
+  arithmetic, which only pays where the FFT's memory passes cost more (not measured on GPU).
 * ``eval_chunk("auto")``: 1 on CPU (one example at a time keeps the CNN's activations in cache),
   0 (the whole batch) on accelerators.
 """
