@@ -41,7 +41,8 @@ def model_to_dict(model: RetrievalModel) -> dict[str, Any]:
     """Every constructor field of ``model`` as JSON-able values (dtypes by name).
 
     The CNN kernels and the STFT are written as "auto": they change speed, not values, and the
-    loading host's backend policy picks them (a model exported on a CPU runs the native kernels on a TPU)."""
+    loading host's backend policy picks them (a model exported on a CPU runs the native kernels
+    on a TPU)."""
     out = {}
     for field in dataclasses.fields(RetrievalModel):
         if field.name in ("parent", "name"):
