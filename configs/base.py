@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     # 30 s, 1 for AudioCaps); "frame": the frequency-averaged feature map, 32 tokens per 10 s
     # window (their return_sequence=True). The paper does not say; the rows use the configured one.
     audio.tokens = "window"
-    audio.depthwise = "auto"  # depthwise conv: "auto" (shifted-sum on CPU, native on GPU/TPU), "shifted", "native"
+    audio.depthwise = "auto"  # depthwise conv: "auto" (shifted-sum on CPU, fused on TPU, native on GPU), "shifted", "native", "fused"
     audio.bn_momentum = 0.99  # BN running-average decay (Flax convention; EfficientAT's PyTorch momentum 0.01)
     # SpecAugment (training only): EfficientAT's wrapper defaults; the authors' config at 8d97913
     # passes freqm = timem = 0 (off). 0 here reproduces that.

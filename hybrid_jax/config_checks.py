@@ -16,7 +16,7 @@ from hybrid_jax.models.retrieval import TOKEN_MODES
 DATASETS = ("clotho", "audiocaps", "wavcaps_freesound")
 METADATA = ("keywords", "tags", "labels", "caption", "none")  # "tags": each dataset's own
 DTYPES = ("auto", "float32", "bfloat16")
-DEPTHWISE = ("auto", "shifted", "native")
+DEPTHWISE = ("auto", "shifted", "native", "fused")
 
 
 class ConfigError(ValueError):

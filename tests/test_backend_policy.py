@@ -15,9 +15,12 @@ def test_choices_per_platform():
     assert (cpu.kernels(), cpu.dtype(), cpu.init_rng_impl, cpu.replica_parallel_save, cpu.eval_chunk()) == (
         "shifted", jnp.float32, "rbg", False, 1)
     for accelerator in (tpu, gpu):
-        assert (accelerator.kernels(), accelerator.dtype(), accelerator.init_rng_impl,
+        assert (accelerator.dtype(), accelerator.init_rng_impl,
                 accelerator.replica_parallel_save, accelerator.eval_chunk()) == (
-            "native", jnp.bfloat16, "threefry2x32", True, 0)
+            jnp.bfloat16, "threefry2x32", True, 0)
+    # Fused shifted-sum depthwise convs on TPU (XLA:TPU's grouped convs copied activations
+    # between layouts); XLA's convolutions for cuDNN on GPU.
+    assert (tpu.kernels(), gpu.kernels()) == ("fused", "native")
     # Explicit choices win everywhere.
     assert tpu.kernels("shifted") == "shifted" and cpu.dtype("bfloat16") == jnp.bfloat16
     assert tpu.eval_chunk(3) == 3
@@ -47,7 +50,7 @@ def test_model_built_for_a_tpu_on_this_cpu_host_is_the_tpu_model():
     assert jax.default_backend() == "cpu"
     on_tpu = build.architecture(config.model, policy.Policy("tpu"))
     on_cpu = build.architecture(config.model, policy.Policy("cpu"))
-    assert (on_tpu.audio.depthwise, on_tpu.audio.stft, on_tpu.dtype) == ("native", "matmul", jnp.bfloat16)
+    assert (on_tpu.audio.depthwise, on_tpu.audio.stft, on_tpu.dtype) == ("fused", "matmul", jnp.bfloat16)
     assert (on_cpu.audio.depthwise, on_cpu.audio.stft, on_cpu.dtype) == ("shifted", "fft", jnp.float32)
     # The same towers: only backend choices differ.
     assert on_tpu.text == on_cpu.text and on_tpu.audio.width_mult == on_cpu.audio.width_mult
@@ -59,7 +62,8 @@ def test_model_built_for_a_tpu_on_this_cpu_host_is_the_tpu_model():
 
 def test_module_auto_resolves_from_local_devices():
     assert mobilenet.resolve_depthwise("auto") == "shifted"
-    assert mobilenet.resolve_depthwise("auto", policy.Policy("tpu")) == "native"
+    assert mobilenet.resolve_depthwise("auto", policy.Policy("tpu")) == "fused"
+    assert mobilenet.resolve_depthwise("auto", policy.Policy("gpu")) == "native"
     assert mobilenet.resolve_depthwise("native") == "native"
 
 

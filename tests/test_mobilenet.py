@@ -77,12 +77,13 @@ def test_shifted_depthwise_equals_native(kernel_size, stride, height, width):
     def both(x, kernel, stem):  # depthwise, and the single-input-channel stem on the same path
         return [(mobilenet.spatial_conv(x, kernel, stride, True, impl),
                  mobilenet.spatial_conv(x[..., :1], stem, stride, False, impl))
-                for impl in ("native", "shifted")]
+                for impl in ("native", "shifted", "fused")]
 
-    (native, native_stem), (shifted, shifted_stem) = both(x, kernel, stem)
-    assert shifted.shape == native.shape == (2, -(-height // stride), -(-width // stride), 6)
-    np.testing.assert_allclose(shifted, native, atol=1e-5)
-    np.testing.assert_allclose(shifted_stem, native_stem, atol=1e-5)
+    (native, native_stem), *others = both(x, kernel, stem)
+    for shifted, shifted_stem in others:  # the CPU and the TPU forms
+        assert shifted.shape == native.shape == (2, -(-height // stride), -(-width // stride), 6)
+        np.testing.assert_allclose(shifted, native, atol=1e-5)
+        np.testing.assert_allclose(shifted_stem, native_stem, atol=1e-5)
 
 
 def test_padding_is_symmetric_not_same():
@@ -90,7 +91,7 @@ def test_padding_is_symmetric_not_same():
     # row 2o - 1 (zero padding for o = 0). SAME would pad (0, 1) and read rows 0, 2, 4, 6.
     x = jnp.arange(8.0).reshape(1, 8, 1, 1)
     kernel = jnp.zeros((3, 3, 1, 1)).at[0, 1].set(1.0)  # picks the row above the centre
-    for impl in ("shifted", "native"):
+    for impl in ("shifted", "native", "fused"):
         out = jax.jit(mobilenet.spatial_conv, static_argnums=(2, 3, 4))(x, kernel, 2, True, impl)
         np.testing.assert_array_equal(out[0, :, 0, 0], [0.0, 1.0, 3.0, 5.0])
 
@@ -102,7 +103,7 @@ def fixture_model(fixtures_dir):
     return convert_efficientat.convert(state_dict, 0.4), dict(np.load(folder / "arrays.npz"))
 
 
-@pytest.mark.parametrize("depthwise", ["shifted", "native"])
+@pytest.mark.parametrize("depthwise", ["shifted", "native", "fused"])
 def test_network_from_stored_mel_matches_pytorch(fixture_model, depthwise):
     variables, arrays = fixture_model
     module = mobilenet.MobileNetV3(0.4, depthwise=depthwise)
@@ -236,8 +237,9 @@ def test_bfloat16_compute_keeps_float32_parameters(fixture_model):
 
 
 def test_train_mode_gradients_equal_across_conv_implementations(monkeypatch):
-    """The CPU path's hand-written backward passes (shifted-sum depthwise, per-example pointwise
-    kernel gradients) give the whole network's training gradients of the native convolutions."""
+    """The hand-written backward passes of the CPU path (shifted-sum depthwise, per-example
+    pointwise kernel gradients) and of the TPU path (fused shifted sums for the stride-1 depthwise
+    convs and the stem) give the whole network's training gradients of the native convolutions."""
     from hybrid_jax.backend import batch_sum
 
     # Take the per-example loops everywhere (by default only large activations do).
@@ -253,12 +255,13 @@ def test_train_mode_gradients_equal_across_conv_implementations(monkeypatch):
                               mutable=["batch_stats"])
         return jnp.sum(jnp.sin(out["sequence"]))
 
-    grads = jax.jit(lambda p: [jax.grad(loss)(p, impl) for impl in ("shifted", "native")])
-    shifted, native = grads(variables["params"])
+    grads = jax.jit(lambda p: [jax.grad(loss)(p, impl) for impl in ("shifted", "fused", "native")])
+    *others, native = grads(variables["params"])
     flat_native = dict(jax.tree_util.tree_leaves_with_path(native))
     # Leaves that are zero in exact arithmetic (BN shifts right before another BN) carry only
     # float32 noise, so the tolerance is relative to the largest gradient of the network.
     overall = max(float(np.abs(g).max()) for g in flat_native.values())
-    for path, g in jax.tree_util.tree_leaves_with_path(shifted):
-        np.testing.assert_allclose(g, flat_native[path], rtol=1e-3, atol=1e-5 * overall,
-                                   err_msg=jax.tree_util.keystr(path))
+    for impl, grad in zip(("shifted", "fused"), others):
+        for path, g in jax.tree_util.tree_leaves_with_path(grad):
+            np.testing.assert_allclose(g, flat_native[path], rtol=1e-3, atol=1e-5 * overall,
+                                       err_msg=f"{impl} {jax.tree_util.keystr(path)}")

@@ -6,6 +6,7 @@ is slow even for tiny widths); the audit's own checks are shown to fail on small
 break them. Skipped where libtpu is not installed (CI installs requirements-tpu.txt).
 """
 import importlib.util
+import re
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 from model_files import tiny_demo_config  # noqa: E402
 from hybrid_jax import hlo, losses, plan, sharding  # noqa: E402
 from hybrid_jax.backend import chips, depthwise  # noqa: E402
+from hybrid_jax.models import mobilenet  # noqa: E402
 from hybrid_jax.models.bert import BertConfig  # noqa: E402
 
 TOPOLOGY = "v5e:2x2"
@@ -67,7 +69,7 @@ def test_the_step_is_the_tpu_program(compiled_step):
     """Backend choices come from the target devices, although this host's backend is CPU."""
     assert jax.default_backend() == "cpu"
     model = compiled_step.model
-    assert (model.audio.depthwise, model.dtype) == ("native", jnp.bfloat16)
+    assert (model.audio.depthwise, model.dtype) == ("fused", jnp.bfloat16)
     assert {d.platform for d in compiled_step.mesh.devices.flat} == {"tpu"}
 
 
@@ -118,6 +120,24 @@ def test_tpu_step_computes_the_stft_as_a_matmul(program):
     """The TPU policy's front end: no FFT (XLA:TPU's staged DFTs), the windowed DFT basis instead."""
     assert "jit(fft)" not in program and " fft(" not in program
     assert "btn,nk->btk" in program
+
+
+def test_tpu_step_has_grouped_convolutions_only_where_strided(program, compiled_step):
+    """The TPU policy's "fused" kernels: stride-1 depthwise convs and the stem are fused shifted
+    sums; only the stride-2 depthwise convs stay XLA convolutions (forward and both gradients)."""
+    strided = {f"features_{i + 1}" for i, block in
+               enumerate(mobilenet.channel_plan(compiled_step.model.audio.width_mult).blocks)
+               if block.spec.stride > 1}
+    grouped = set()
+    for ins in hlo.instructions(program):
+        groups = re.search(r"(feature|batch)_group_count=(\d+)", ins.line)
+        if ins.op == "convolution" and groups and int(groups.group(2)) > 1:
+            layer = re.search(r"/(features_\d+)/", ins.op_name or "")
+            grouped.add(layer.group(1) if layer else ins.op_name)
+    assert grouped and grouped <= strided, grouped - strided
+    stem = [ins.op_name for ins in hlo.instructions(program)
+            if ins.op == "convolution" and "/features_0/" in (ins.op_name or "")]
+    assert stem == []
 
 
 def _compile(fn, *args):

@@ -79,7 +79,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", type=float, nargs="+", default=[0.4, 1.0, 4.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "native"])
+    parser.add_argument("--depthwise", default="auto", choices=["auto", "shifted", "native", "fused"])
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--eval-chunk", default="auto",
                         help='examples per network call: "auto", 0 = whole batch')

@@ -13,6 +13,18 @@ shifted sums too:
 
 Layout NHWC; kernel [k, k, 1, C]; the input has C channels (depthwise) or 1 (the stem). Padding is
 PyTorch's symmetric (k - 1) // 2 on both spatial axes.
+
+``fused_conv`` is the accelerator form of the same sums (the TPU choice of ``backend.policy``):
+no per-example loops (they would serialise the batch), products and sums in float32 inside the
+fused loop (the inputs stay bfloat16 in HBM). Why on TPU: XLA:TPU runs a grouped convolution in
+layouts of its own and copied the early blocks' activations between layouts around each one
+(21 GB per clotho_late step at 32 pairs per chip on v5p), and a convolution does not fuse the batch
+norm and activation before it, so that activation was written to HBM. A sum of shifted slices is
+one elementwise loop that fuses both. XLA:TPU does not fuse *strided* slices, though: stride-2
+depthwise convs written this way had every tap written out (50 GB per step), and splitting the
+input into stride phases first cost more than it saved (``docs/tpu_efficiency.md``), so
+``mobilenet.spatial_conv`` uses ``fused_conv`` for stride-1 depthwise convs and the
+single-channel stem only.
 """
 from __future__ import annotations
 
@@ -49,16 +61,18 @@ def _forward(x, kernel, stride: int):
         return _forward_sum(x, kernel, stride)
 
 
-def _forward_sum(x, kernel, stride: int):
+def _forward_sum(x, kernel, stride: int, acc=None):
+    """The shifted sum; ``acc``: the dtype products and sums are formed in (None: the inputs')."""
     k = kernel.shape[0]
     pad = (k - 1) // 2
     out_h, out_w = _out_size(x.shape[1], k, stride), _out_size(x.shape[2], k, stride)
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    w = kernel if acc is None else kernel.astype(acc)
     total = None
     for i, j, tap in _taps(xp, k, stride, out_h, out_w):
-        term = tap * kernel[i, j, 0]
+        term = (tap if acc is None else tap.astype(acc)) * w[i, j, 0]
         total = term if total is None else total + term
-    return total
+    return total if acc is None else total.astype(jnp.result_type(x, kernel))
 
 
 def shifted_conv_autodiff(x, kernel, stride: int):
@@ -78,10 +92,12 @@ def _fwd(x, kernel, stride):
 
 def _bwd(stride, residuals, g):
     with jax.named_scope(SCOPE):
-        return _backward(stride, residuals, g)
+        return _backward(stride, residuals, g, _kernel_grad)
 
 
-def _backward(stride, residuals, g):
+def _backward(stride, residuals, g, kernel_grad, acc=None):
+    """(dx, dkernel); ``kernel_grad(x, g, k, stride)`` -> [k*k, C] float32; ``acc`` as in
+    ``_forward_sum``."""
     x, kernel = residuals
     k = kernel.shape[0]
     pad = (k - 1) // 2
@@ -95,24 +111,28 @@ def _backward(stride, residuals, g):
                                (low, height + pad - ((out_h - 1) * stride + 1), stride - 1),
                                (low, width + pad - ((out_w - 1) * stride + 1), stride - 1),
                                (0, 0, 0)))
+    if acc is not None:
+        kernel = kernel.astype(acc)
     dx = None
     for i in range(k):
         for j in range(k):
             term = jax.lax.slice(gp, (0, k - 1 - i, k - 1 - j, 0),
                                  (batch, k - 1 - i + height, k - 1 - j + width, gp.shape[3]))
-            term = term * kernel[i, j, 0]
+            # Cast each slice, not the padded buffer: XLA:TPU wrote a cast buffer out.
+            term = (term if acc is None else term.astype(acc)) * kernel[i, j, 0]
             dx = term if dx is None else dx + term
     if in_channels == 1 and dx.shape[-1] != 1:  # the stem broadcast one input channel
         dx = dx.sum(axis=-1, keepdims=True)
-    dw = _kernel_grad(x, g, k, stride).reshape(kernel.shape).astype(kernel.dtype)
+    dw = kernel_grad(x, g, k, stride).reshape(residuals[1].shape).astype(residuals[1].dtype)
     return dx.astype(x.dtype), dw
 
 
-def _kernel_grad_one(x, g, k: int, stride: int):
+def _kernel_grad_one(x, g, k: int, stride: int, acc=None):
     """[k*k, C] float32: per tap, the sum over batch and space of tap(i, j) * g."""
     pad = (k - 1) // 2
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    return jnp.stack([(tap * g).sum(axis=(0, 1, 2), dtype=jnp.float32)
+    cast = (lambda a: a) if acc is None else (lambda a: a.astype(acc))
+    return jnp.stack([(cast(tap) * cast(g)).sum(axis=(0, 1, 2), dtype=jnp.float32)
                       for _, _, tap in _taps(xp, k, stride, g.shape[1], g.shape[2])])
 
 
@@ -126,3 +146,24 @@ def _kernel_grad(x, g, k: int, stride: int):
 
 
 shifted_conv.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def fused_conv(x, kernel, stride: int):
+    """``shifted_conv`` for accelerators: float32 inside the loop, no per-example loops."""
+    return _forward_sum(x, kernel, stride, jnp.float32)
+
+
+def _fused_fwd(x, kernel, stride):
+    return _forward_sum(x, kernel, stride, jnp.float32), (x, kernel)
+
+
+def _fused_kernel_grad(x, g, k: int, stride: int):
+    return _kernel_grad_one(x, g, k, stride, jnp.float32)
+
+
+def _fused_bwd(stride, residuals, g):
+    return _backward(stride, residuals, g, _fused_kernel_grad, jnp.float32)
+
+
+fused_conv.defvjp(_fused_fwd, _fused_bwd)

@@ -9,9 +9,14 @@ compile, not the laptop's. The commands resolve one ``Policy`` from their mesh a
 What differs per platform, and why:
 
 * ``kernels``: "shifted" on CPU (the shifted-sum depthwise conv and the per-example kernel-gradient
-  loops of ``hybrid_jax.backend``; XLA:CPU runs grouped convolutions at ~1 GFLOP/s), "native"
-  elsewhere (``lax.conv_general_dilated`` and plain dots, which map onto the MXU / cuDNN; the
-  per-example loops would serialise the batch there).
+  loops of ``hybrid_jax.backend``; XLA:CPU runs grouped convolutions at ~1 GFLOP/s); "fused" on
+  TPU (depthwise convs and the stem as shifted sums over stride phases, one fused loop per pass
+  with the batch norm and activation around it, no per-example loops; pointwise convs as plain
+  dots): XLA:TPU moved the early blocks' activations between layouts around each grouped
+  convolution, and the clotho_late step on v5p at 32 pairs per chip went from 87.3 to 79.1 ms
+  in its cost model with the stride-1 layers alone (``docs/tpu_efficiency.md``); "native" on GPU
+  (``lax.conv_general_dilated`` and plain dots for cuDNN; not measured on a GPU). The
+  per-example loops would serialise the batch on any accelerator.
 * ``dtype("auto")``: float32 on CPU (XLA:CPU bf16 convolutions are slow), bfloat16 on GPU/TPU.
 * ``init_rng_impl``: "rbg" on CPU (threefry compiles one large kernel per parameter on XLA:CPU:
   minutes for the whole model), "threefry2x32" on accelerators (the same initial values on every
@@ -35,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 PLATFORMS = ("cpu", "gpu", "tpu")
-KERNELS = ("shifted", "native")
+KERNELS = ("shifted", "native", "fused")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Device.platform spellings of the GPU plugins.
 _ALIASES = {"cuda": "gpu", "rocm": "gpu"}
@@ -56,11 +61,11 @@ class Policy:
         return self.platform != "cpu"
 
     def kernels(self, choice: str = "auto") -> str:
-        """CNN kernels: "auto" -> "shifted" on CPU, "native" on accelerators; or the given one."""
+        """CNN kernels: "auto" -> "shifted" on CPU, "fused" on TPU, "native" on GPU; or the given one."""
         if choice == "auto":
-            return "native" if self.accelerator else "shifted"
+            return {"cpu": "shifted", "tpu": "fused"}.get(self.platform, "native")
         if choice not in KERNELS:
-            raise ValueError(f"depthwise must be 'auto', 'shifted' or 'native', got {choice!r}")
+            raise ValueError(f"depthwise must be 'auto' or one of {KERNELS}, got {choice!r}")
         return choice
 
     def dtype(self, name: str = "auto"):

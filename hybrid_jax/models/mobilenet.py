@@ -113,7 +113,7 @@ def channel_plan(width_mult: float) -> ChannelPlan:
 
 
 def resolve_depthwise(depthwise: str, policy: backend_policy.Policy | None = None) -> str:
-    """"shifted"/"native" as given; "auto" by ``policy`` (default: this process's devices).
+    """"shifted"/"native"/"fused" as given; "auto" by ``policy`` (default: this process's devices).
 
     The training, evaluation and planning paths resolve "auto" from their mesh at build time
     (``build``), so a module reaching here with "auto" is a standalone one (an ``AudioEncoder``).
@@ -126,11 +126,16 @@ def spatial_conv(x, kernel, stride: int, depthwise: bool, impl: str, precision=N
 
     ``impl="shifted"`` writes it as a sum of k*k strided slices times per-channel weights, which
     XLA fuses into one loop, with a hand-written backward (``depthwise.shifted_conv``); it covers
-    depthwise kernels and single-input-channel ones (the stem).
+    depthwise kernels and single-input-channel ones (the stem). ``impl="fused"`` (TPU) takes its
+    accelerator form (``depthwise.fused_conv``) for stride-1 depthwise convs and the stem, and
+    XLA's convolution for the strided depthwise ones (see ``hybrid_jax.backend.depthwise``).
     """
     k = kernel.shape[0]
     pad = (k - 1) // 2
-    if impl == "native" or not (depthwise or kernel.shape[2] == 1):
+    stem = kernel.shape[2] == 1 and not depthwise
+    if impl == "fused" and ((depthwise and stride == 1) or stem):
+        return depthwise_conv.fused_conv(x, kernel, stride)
+    if impl in ("native", "fused") or not (depthwise or kernel.shape[2] == 1):
         return jax.lax.conv_general_dilated(
             x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
