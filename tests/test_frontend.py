@@ -35,6 +35,20 @@ def test_stft_as_dft_matmul_matches_pytorch_and_the_fft(arrays):
         frontend.power_spectrogram(waveform, config, "dct")
 
 
+@pytest.mark.parametrize("num_samples,win,hop", [
+    (641, 800, 320), (1000, 800, 320), (32001, 800, 320), (5000, 640, 320), (5000, 800, 300),
+    (4000, 1024, 256), (3000, 200, 320),  # a window shorter than the hop
+])
+def test_matmul_frames_equal_the_ffts_at_any_length(num_samples, win, hop):
+    """The matmul path cuts its frames from hop-sized blocks (no gather): every length, window
+    and hop give the FFT path's power, down to the shortest waveform reflect padding allows."""
+    config = frontend.MelConfig(win_length=win, hop_length=hop)
+    waveform = jnp.asarray(np.random.default_rng(num_samples).normal(0, 0.3, (2, num_samples)), jnp.float32)
+    by_fft, by_matmul = (np.asarray(frontend.power_spectrogram(waveform, config, s)) for s in ("fft", "matmul"))
+    assert by_fft.shape == by_matmul.shape == (2, config.num_frames(num_samples), 513)
+    np.testing.assert_allclose(by_matmul, by_fft, rtol=1e-4, atol=1e-5 * by_fft.max())
+
+
 def test_kaldi_mel_bank_matches_torchaudio(arrays):
     bank = np.asarray(frontend.mel_filterbank(frontend.MelConfig()))
     np.testing.assert_allclose(bank, arrays["mel_basis"], rtol=0, atol=5e-5)

@@ -94,6 +94,20 @@ def mel_filterbank(config: MelConfig, fmin=None, fmax=None) -> jax.Array:
     return jnp.pad(bank, ((0, 0), (0, 1)))
 
 
+def _frames_from_blocks(x, num_frames: int, hop: int, win: int):
+    """[B, T, win]: frame t = x[hop * t:][:win]. The signal is cut into hop-sized blocks and frame t
+    is blocks t, t + 1, ... (the last one cut short): unit-stride slices and one concatenation,
+    which XLA:TPU fuses; a gather of the frames went through a batch-minor layout and a
+    transposing copy (2.4 GB per clotho_late step at 32 pairs per chip on v5p)."""
+    per_frame = -(-win // hop)
+    blocks = num_frames + per_frame - 1
+    x = x[:, :hop * blocks]
+    x = jnp.pad(x, ((0, 0), (0, hop * blocks - x.shape[1])))
+    x = x.reshape(x.shape[0], blocks, hop)
+    parts = [x[:, j:j + num_frames, :min(hop, win - j * hop)] for j in range(per_frame)]
+    return jnp.concatenate(parts, axis=-1)
+
+
 def power_spectrogram(waveform: jax.Array, config: MelConfig, stft: str = "fft") -> jax.Array:
     """Pre-emphasis + centred, reflect-padded STFT power: [B, L] -> [B, T, n_fft // 2 + 1].
 
@@ -113,16 +127,17 @@ def power_spectrogram(waveform: jax.Array, config: MelConfig, stft: str = "fft")
     # only those samples are framed. Moving them to the start of the FFT frame is a circular time
     # shift, which changes only the phase, never the power.
     offset = (config.n_fft - config.win_length) // 2
+    if stft == "matmul":
+        frames = _frames_from_blocks(x[:, offset:], num_frames, config.hop_length, config.win_length)
+        basis = jnp.asarray(dft_basis(config.n_fft, config.win_length))
+        parts = jnp.einsum("btn,nk->btk", frames, basis, precision=jax.lax.Precision.HIGHEST)
+        real, imag = jnp.split(parts, 2, axis=-1)
+        return jnp.square(real) + jnp.square(imag)
     # One gather with in-graph indices: ~35% faster on XLA:CPU than slicing hop-sized blocks and
     # concatenating them (fewer passes), and no index table is baked into the program.
     index = (offset + config.hop_length * jnp.arange(num_frames, dtype=jnp.int32)[:, None]
              + jnp.arange(config.win_length, dtype=jnp.int32)[None, :])  # [T, win]
     frames = jnp.take(x, index, axis=1)
-    if stft == "matmul":
-        basis = jnp.asarray(dft_basis(config.n_fft, config.win_length))
-        parts = jnp.einsum("btn,nk->btk", frames, basis, precision=jax.lax.Precision.HIGHEST)
-        real, imag = jnp.split(parts, 2, axis=-1)
-        return jnp.square(real) + jnp.square(imag)
     spectrum = jnp.fft.rfft(frames * jnp.asarray(hann_window(config.win_length)), n=config.n_fft, axis=-1)
     return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
 
