@@ -113,3 +113,18 @@ def test_plan_table_rows_without_a_cost_model_time():
     cells = [c.strip() for c in tool.efficiency_row("clotho_late", "v5e:2x2", "base", 32, result,
                                                     ["python", "x"]).split("|")[1:-1]]
     assert cells[4] == cells[8] == "no cost-model time", cells
+
+
+def test_plan_table_command_starts_the_search_where_asked(tmp_path):
+    """--start-per-chip reaches the benchmark's search; the default leaves the command as the
+    cells computed so far show it."""
+    tool = plan_table_tool()
+    out = tmp_path / "cell.json"
+    default = tool.command("clotho_late", "v6e:2x2", "base", out, 3)
+    assert "--max-batch" in default and not any(a.startswith("--start-per-chip") for a in default)
+    started = tool.command("clotho_late", "v6e:2x2", "base", out, 3, start_per_chip=32)
+    assert started[started.index("--max-batch"):][:3] == ["--max-batch", "--max-compiles=3",
+                                                           "--start-per-chip=32"]
+    fixed = tool.command("clotho_late", "v6e:2x2", "base", out, 3, per_chip=16, start_per_chip=32)
+    assert "--batch-size" in fixed and fixed[fixed.index("--batch-size") + 1] == "64"
+    assert not any(a.startswith("--start-per-chip") for a in fixed)

@@ -2,6 +2,8 @@
 
 Run: nice python tools/tpu_plan_table.py --out workdirs/tpu_plan [--configs clotho_late,...]
          [--topologies v5p:2x2x1,...] [--variants base,remat,...] [--max-compiles 6]
+     nice python tools/tpu_plan_table.py ... --start-per-chip 32 --max-compiles 3  (a search
+         that starts near the HBM limit: fewer compiles per cell)
      nice python tools/tpu_plan_table.py --out workdirs/tpu_efficiency --per-chip 8,16,32,64 ...
          (the efficiency table of issue 16: fixed batches per chip, with the compiled HLO kept
          for tools/hlo_breakdown.py)
@@ -41,6 +43,7 @@ VARIANTS = {
 TOPOLOGIES = ("v4:2x2x1", "v5e:2x2", "v5p:2x2x1", "v6e:2x2")
 CLOTHO_TRAIN_PAIRS = 3839 * 5  # ClothoV2.1 development split: clips x captions
 PLANNED_MFU = 0.35
+START_PER_CHIP = 8  # the benchmark's default first batch of a --max-batch search
 
 
 def num_chips(topology: str) -> int:
@@ -54,11 +57,13 @@ def num_chips(topology: str) -> int:
 
 
 def command(config: str, topology: str, variant: str, out: pathlib.Path, max_compiles: int,
-            per_chip: int | None = None) -> list[str]:
-    """The benchmark command of one cell: a --max-batch search, or one batch of ``per_chip``."""
+            per_chip: int | None = None, start_per_chip: int = START_PER_CHIP) -> list[str]:
+    """The benchmark command of one cell: a --max-batch search (from ``start_per_chip`` pairs per
+    chip), or one batch of ``per_chip``."""
     extra = [a.format(micro=8 * num_chips(topology)) for a in VARIANTS[variant]]
+    start = [f"--start-per-chip={start_per_chip}"] if start_per_chip != START_PER_CHIP else []
     search = (["--batch-size", str(per_chip * num_chips(topology)), "--hlo-out", str(out.with_suffix(".hlo"))]
-              if per_chip else ["--max-batch", f"--max-compiles={max_compiles}"])
+              if per_chip else ["--max-batch", f"--max-compiles={max_compiles}", *start])
     return [sys.executable, "-m", "hybrid_jax.benchmark", "--config", CONFIGS[config][0],
             "--topology", topology, *search, "--json-out", str(out), *extra]
 
@@ -122,7 +127,8 @@ def main(argv):
             for variant in f.variants:
                 for per_chip in per_chip_list:
                     path = cell_path(out, config, topology, variant, per_chip)
-                    cmd = command(config, topology, variant, path, f["max-compiles"].value, per_chip)
+                    cmd = command(config, topology, variant, path, f["max-compiles"].value, per_chip,
+                                  f["start-per-chip"].value)
                     if not path.exists() and not f["table-only"].value:
                         print(f"[{time.strftime('%H:%M:%S')}] {config} {topology} {variant} "
                               f"{per_chip or 'max'}", flush=True)
@@ -156,6 +162,9 @@ if __name__ == "__main__":
     flags.DEFINE_list("topologies", list(TOPOLOGIES), "TPU slices.")
     flags.DEFINE_list("variants", list(VARIANTS), f"Of {list(VARIANTS)}.")
     flags.DEFINE_integer("max-compiles", 6, "Compilations per cell (the max-batch search).")
+    flags.DEFINE_integer("start-per-chip", START_PER_CHIP,
+                         "First batch per chip of the max-batch search: a start near the limit "
+                         "(e.g. 32; a full-size compile takes ~5 min here) saves the small ones.")
     flags.DEFINE_bool("table-only", False, "Only rewrite the table from existing JSON.")
     flags.DEFINE_list("per-chip", [], "Fixed batches per chip instead of the max-batch search "
                       "(the efficiency table; the HLO of each is kept).")
