@@ -317,8 +317,8 @@ class MobileNetV3(nn.Module):
     """EfficientAT ``mn*`` network: mel [B, F, T] -> {"logits", "features", "sequence"}.
 
     ``num_classes=0`` drops the classifier (and "logits"). ``depthwise`` picks the depthwise conv
-    ("auto": shifted-sum on CPU, native grouped conv elsewhere); both use the same [k, k, 1, C]
-    kernels. ``dtype`` is the compute dtype; parameters stay float32. In eval, BN is folded into
+    ("auto": shifted-sum on CPU, "fused" on TPU, native grouped conv on GPU); all use the same
+    [k, k, 1, C] kernels. ``dtype`` is the compute dtype; parameters stay float32. In eval, BN is folded into
     the preceding conv unless ``fold_bn=False``. Train mode needs ``mutable=["batch_stats"]`` and
     a "dropout" rng. ``__call__`` is ``feature_maps`` -> ``pool`` -> ``classify``.
     """
