@@ -243,7 +243,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("topology", None, "Compile only, for this TPU slice (v4:2x2x1, v5e:4x4, "
                         "v5p:4x4x4, v6e:16x16, ...): needs requirements-tpu.txt, no TPU.")
     flags.DEFINE_bool("max-batch", False, "With --topology: search the largest global batch that fits.")
-    flags.DEFINE_integer("start-per-chip", 8, "With --max-batch: first batch tried, pairs per chip.")
+    flags.DEFINE_integer("start-per-chip", plan.START_PER_CHIP,
+                         "With --max-batch: first batch tried, pairs per chip.")
     flags.DEFINE_integer("max-compiles", 8, "With --max-batch: at most this many compilations.")
     flags.DEFINE_string("hlo-out", None, "With --topology: write the compiled HLO text here "
                         "(tools/hlo_breakdown.py reads it).")

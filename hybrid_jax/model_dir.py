@@ -41,7 +41,7 @@ def model_to_dict(model: RetrievalModel) -> dict[str, Any]:
     """Every constructor field of ``model`` as JSON-able values (dtypes by name).
 
     The CNN kernels and the STFT are written as "auto": they change speed, not values, and the
-    loading host's backend policy picks them (a model exported on a CPU runs the native kernels
+    loading host's backend policy picks them (a model exported on a CPU runs the TPU kernels
     on a TPU)."""
     out = {}
     for field in dataclasses.fields(RetrievalModel):

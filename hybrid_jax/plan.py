@@ -39,6 +39,8 @@ HF_BERT_CONFIGS = {
 }
 _HBM_OOM = re.compile(r"exceeds available HBM \(([\d.]+)G\)|Ran out of memory|RESOURCE_EXHAUSTED")
 
+START_PER_CHIP = 8  # first batch per chip of a max-batch search (the commands' default)
+
 
 def released_bert(checkpoint: str) -> dict:
     """The HF config of a released BERT named by a (missing) checkpoint path, e.g.
@@ -217,7 +219,8 @@ def batch_granularity(config: ConfigDict, devices) -> int:
     return split
 
 
-def max_batch(config: ConfigDict, devices, chip, topology: str, *, start_per_chip: int = 8,
+def max_batch(config: ConfigDict, devices, chip, topology: str, *,
+              start_per_chip: int = START_PER_CHIP,
               max_compiles: int = 8, text_config: BertConfig | None = None, log=print) -> dict:
     """The largest global batch whose step fits, in at most ``max_compiles`` compilations.
 

@@ -61,16 +61,21 @@ def _forward(x, kernel, stride: int):
         return _forward_sum(x, kernel, stride)
 
 
+def _as(a, acc):
+    """``a`` in the accumulation dtype ``acc`` (None: as it is)."""
+    return a if acc is None else a.astype(acc)
+
+
 def _forward_sum(x, kernel, stride: int, acc=None):
     """The shifted sum; ``acc``: the dtype products and sums are formed in (None: the inputs')."""
     k = kernel.shape[0]
     pad = (k - 1) // 2
     out_h, out_w = _out_size(x.shape[1], k, stride), _out_size(x.shape[2], k, stride)
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    w = kernel if acc is None else kernel.astype(acc)
+    w = _as(kernel, acc)
     total = None
     for i, j, tap in _taps(xp, k, stride, out_h, out_w):
-        term = (tap if acc is None else tap.astype(acc)) * w[i, j, 0]
+        term = _as(tap, acc) * w[i, j, 0]
         total = term if total is None else total + term
     return total if acc is None else total.astype(jnp.result_type(x, kernel))
 
@@ -111,19 +116,18 @@ def _backward(stride, residuals, g, kernel_grad, acc=None):
                                (low, height + pad - ((out_h - 1) * stride + 1), stride - 1),
                                (low, width + pad - ((out_w - 1) * stride + 1), stride - 1),
                                (0, 0, 0)))
-    if acc is not None:
-        kernel = kernel.astype(acc)
+    w = _as(kernel, acc)
     dx = None
     for i in range(k):
         for j in range(k):
             term = jax.lax.slice(gp, (0, k - 1 - i, k - 1 - j, 0),
                                  (batch, k - 1 - i + height, k - 1 - j + width, gp.shape[3]))
             # Cast each slice, not the padded buffer: XLA:TPU wrote a cast buffer out.
-            term = (term if acc is None else term.astype(acc)) * kernel[i, j, 0]
+            term = _as(term, acc) * w[i, j, 0]
             dx = term if dx is None else dx + term
     if in_channels == 1 and dx.shape[-1] != 1:  # the stem broadcast one input channel
         dx = dx.sum(axis=-1, keepdims=True)
-    dw = kernel_grad(x, g, k, stride).reshape(residuals[1].shape).astype(residuals[1].dtype)
+    dw = kernel_grad(x, g, k, stride).reshape(kernel.shape).astype(kernel.dtype)
     return dx.astype(x.dtype), dw
 
 
@@ -131,8 +135,7 @@ def _kernel_grad_one(x, g, k: int, stride: int, acc=None):
     """[k*k, C] float32: per tap, the sum over batch and space of tap(i, j) * g."""
     pad = (k - 1) // 2
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    cast = (lambda a: a) if acc is None else (lambda a: a.astype(acc))
-    return jnp.stack([(cast(tap) * cast(g)).sum(axis=(0, 1, 2), dtype=jnp.float32)
+    return jnp.stack([(_as(tap, acc) * _as(g, acc)).sum(axis=(0, 1, 2), dtype=jnp.float32)
                       for _, _, tap in _taps(xp, k, stride, g.shape[1], g.shape[2])])
 
 

@@ -12,10 +12,10 @@ What differs per platform, and why:
   loops of ``hybrid_jax.backend``; XLA:CPU runs grouped convolutions at ~1 GFLOP/s); "fused" on
   TPU (stride-1 depthwise convs and the stem as shifted sums, one fused loop per pass with the
   batch norm and activation around it, no per-example loops; strided depthwise convs and the
-  pointwise ones as XLA's convolutions and dots): XLA:TPU moved the early blocks' activations between layouts around each grouped
-  convolution, and the clotho_late step on v5p at 32 pairs per chip went from 87.3 to 73.1 ms
-  in its cost model (``docs/tpu_efficiency.md``); "native" on GPU
-  (``lax.conv_general_dilated`` and plain dots for cuDNN; not measured on a GPU). The
+  pointwise ones as XLA's convolutions and dots): XLA:TPU moved the early blocks' activations
+  between layouts around each grouped convolution, and the clotho_late step on v5p at 32 pairs
+  per chip went from 87.3 to 73.1 ms in its cost model (``docs/tpu_efficiency.md``); "native" on
+  GPU (``lax.conv_general_dilated`` and plain dots for cuDNN; not measured on a GPU). The
   per-example loops would serialise the batch on any accelerator.
 * ``dtype("auto")``: float32 on CPU (XLA:CPU bf16 convolutions are slow), bfloat16 on GPU/TPU.
 * ``init_rng_impl``: "rbg" on CPU (threefry compiles one large kernel per parameter on XLA:CPU:
