@@ -128,3 +128,35 @@ def test_plan_table_command_starts_the_search_where_asked(tmp_path):
     fixed = tool.command("clotho_late", "v6e:2x2", "base", out, 3, per_chip=16, start_per_chip=32)
     assert "--batch-size" in fixed and fixed[fixed.index("--batch-size") + 1] == "64"
     assert not any(a.startswith("--start-per-chip") for a in fixed)
+
+
+def test_plan_table_rows_keep_the_command_that_computed_them(tmp_path):
+    """A table rewritten later with other flags (here ``--table-only`` with the default budget)
+    shows each cell's own recorded command, not the rewriting invocation's; a cell without a
+    record falls back to the invocation's. Run as a user runs the tool."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    tool = plan_table_tool()
+    result = {"chips": 4, "batch_size": 512, "fits": True, "hbm_used_fraction": 0.55,
+              "flops_per_pair": 193.48e9, "peak_bf16_tflops_per_chip": 459.0,
+              "estimated_mfu": 0.2549, "max_batch_search": {"tried": [[256, True, 1], [512, True, 2]]}}
+    for topology in ("v5p:2x2x1", "v6e:2x2"):
+        path = tool.cell_path(tmp_path, "clotho_late", topology, "base")
+        path.write_text(json.dumps({**result, "peak_bf16_tflops_per_chip": 918.0}
+                                   if topology == "v6e:2x2" else result))
+    ran = tool.command("clotho_late", "v5p:2x2x1", "base",
+                       tool.cell_path(tmp_path, "clotho_late", "v5p:2x2x1", "base"), 2, start_per_chip=64)
+    tool.cell_path(tmp_path, "clotho_late", "v5p:2x2x1", "base").with_suffix(".command").write_text(
+        json.dumps(ran))
+    root = pathlib.Path(__file__).parents[1]
+    subprocess.run([sys.executable, "tools/tpu_plan_table.py", f"--out={tmp_path}", "--configs=clotho_late",
+                    "--topologies=v5p:2x2x1,v6e:2x2", "--variants=base", "--table-only"],
+                   cwd=root, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(root)})
+    v5p, v6e = [line for line in (tmp_path / "table.md").read_text().splitlines()
+                if line.startswith("| clotho_late")]
+    assert "--max-compiles=2 --start-per-chip=64" in v5p and "25.5 %" in v5p and "128+" in v5p
+    assert "--max-compiles=6" in v6e and "--start-per-chip" not in v6e  # no record: the invocation's

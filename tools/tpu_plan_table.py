@@ -9,8 +9,9 @@ Run: nice python tools/tpu_plan_table.py --out workdirs/tpu_plan [--configs clot
          for tools/hlo_breakdown.py)
 
 Each cell is one run of the compile-only benchmark (``python -m hybrid_jax.benchmark --topology T
---max-batch``), whose JSON lands in ``OUT/<config>__<topology>__<variant>.json``; cells with a JSON
-are not recompiled, so an interrupted run continues where it stopped. The markdown table is
+--max-batch``), whose JSON lands in ``OUT/<config>__<topology>__<variant>.json`` and its command
+in the ``.command`` file next to it; cells with a JSON are not recompiled, so an interrupted run
+continues where it stopped. The markdown table is
 rewritten from whatever JSON exists, every row with the command that produced it; cells not run
 say so. Compiles of the full-size models take minutes of CPU each: run it with ``nice``.
 """
@@ -96,6 +97,14 @@ def efficiency_row(config: str, topology: str, variant: str, per_chip: int, resu
             f"{estimate(result, 'estimated_mfu', 100, '%')} | `{shown}` |")
 
 
+def cell_command(path: pathlib.Path, cmd: list[str]) -> list[str]:
+    """The command that computed the cell at ``path`` (recorded next to its JSON when it ran);
+    ``cmd`` (this invocation's) for a cell that has no record. A table rewritten with other
+    flags (``--table-only``, another ``--max-compiles``) must not show them as the cell's."""
+    record = path.with_suffix(".command")
+    return json.loads(record.read_text()) if record.exists() else cmd
+
+
 def row(config: str, topology: str, variant: str, result: dict | None, cmd: list[str]) -> str:
     shown = "python " + " ".join(shlex.quote(a) for a in cmd[1:])
     if result is None:
@@ -139,7 +148,11 @@ def main(argv):
                             done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
                         if done.returncode:
                             print(f"  failed ({done.returncode}): see {log}", flush=True)
+                        if path.exists():
+                            path.with_suffix(".command").write_text(json.dumps(cmd))
                     result = json.loads(path.read_text()) if path.exists() else None
+                    if result is not None:
+                        cmd = cell_command(path, cmd)
                     rows.append(efficiency_row(config, topology, variant, per_chip, result, cmd)
                                 if per_chip else row(config, topology, variant, result, cmd))
     if per_chip_list != [None]:
