@@ -11,9 +11,8 @@ Run: nice python tools/tpu_plan_table.py --out workdirs/tpu_plan [--configs clot
 Each cell is one run of the compile-only benchmark (``python -m hybrid_jax.benchmark --topology T
 --max-batch``), whose JSON lands in ``OUT/<config>__<topology>__<variant>.json`` and its command
 in the ``.command`` file next to it; cells with a JSON are not recompiled, so an interrupted run
-continues where it stopped. The markdown table is
-rewritten from whatever JSON exists, every row with the command that produced it; cells not run
-say so. Compiles of the full-size models take minutes of CPU each: run it with ``nice``.
+continues where it stopped. The markdown table is rewritten from whatever JSON exists, every row
+with the command that produced it; cells not run say so. Compiles of the full-size models take minutes of CPU each: run it with ``nice``.
 """
 from __future__ import annotations
 
