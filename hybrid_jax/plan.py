@@ -21,7 +21,7 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from hybrid_jax import hlo, optim, schema, sharding, steps
+from hybrid_jax import flops, hlo, optim, schema, sharding, steps
 from hybrid_jax.backend import chips
 from hybrid_jax.backend import policy as backend_policy
 from hybrid_jax.models import build
@@ -126,6 +126,13 @@ def compile_step(config: ConfigDict, devices, *, batch_size: int | None = None,
                         time.perf_counter() - start - lower_s, notes)
 
 
+def analytic_flops(config: ConfigDict, model) -> flops.PairFlops:
+    """The model's own FLOPs per training pair (``hybrid_jax.flops``) at the config's clip length,
+    text length and global batch."""
+    return flops.pair_flops(model, schema.num_samples(config.data.clip_seconds),
+                            config.model.text.max_length, config.train.batch_size)
+
+
 def out_of_memory(error: Exception) -> str | None:
     """The compiler's out-of-HBM message, or None if ``error`` is something else."""
     text = str(error)
@@ -144,7 +151,8 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
     text = compiled.as_text()
     if hlo_out:
         pathlib.Path(hlo_out).write_text(text)
-    flops = float(cost.get("flops", 0.0))
+    compiled_flops = float(cost.get("flops", 0.0))
+    analytic = analytic_flops(config, step.model)
     seconds = float(cost.get("optimal_seconds", 0.0) or 0.0)
     out = {
         "config": None,
@@ -163,8 +171,10 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
         "clip_seconds": config.data.clip_seconds,
         "num_params": sum(int(x.size) for x in jax.tree.leaves(step.state.params)),
         "memory_per_chip": memory,
-        "flops_per_chip_step": flops,
-        "flops_per_pair": flops * len(devices) / size,
+        "flops_per_chip_step": compiled_flops,
+        "flops_per_pair": compiled_flops * len(devices) / size,
+        "analytic_flops_per_pair": analytic.training,
+        "analytic_flops": analytic.as_dict(),
         "bytes_accessed_per_chip_step": float(cost.get("bytes accessed", 0.0)),
         "collectives": hlo.collectives(text),
         "while_loops": hlo.while_loops(text),
@@ -181,8 +191,10 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
     if seconds > 0:  # XLA's TPU cost model; absent on other targets
         out["estimated_step_s"] = seconds
         out["estimated_pairs_per_s"] = size / seconds
-        if chip:
-            out["estimated_mfu"] = flops / seconds / (chip.peak_bf16_tflops * 1e12)
+        if chip:  # of the compiled program's FLOPs (recomputation included), and of the model's
+            peak = chip.peak_bf16_tflops * 1e12
+            out["estimated_mfu"] = compiled_flops / seconds / peak
+            out["estimated_mfu_analytic"] = analytic.training * size / len(devices) / seconds / peak
     return out
 
 
@@ -291,12 +303,14 @@ def table(result: dict) -> str:
                      f"{100 * result['hbm_used_fraction']:.1f} % of {gib(result['hbm_bytes_per_chip'])}, "
                      f"margin {gib(result['hbm_margin_bytes'])}"))
     rows += [("FLOPs", f"{result['flops_per_chip_step'] / 1e12:.3f} TFLOP per chip per step, "
-              f"{result['flops_per_pair'] / 1e9:.1f} GFLOP per pair")]
+              f"{result['flops_per_pair'] / 1e9:.1f} GFLOP per pair (the model's own: "
+              f"{result['analytic_flops_per_pair'] / 1e9:.1f})")]
     if "estimated_step_s" in result:
         mfu = result.get("estimated_mfu")
         rows.append(("cost model", f"{1e3 * result['estimated_step_s']:.1f} ms per step, "
                      f"{result['estimated_pairs_per_s']:.0f} pairs/s"
-                     + (f", MFU {100 * mfu:.1f} %" if mfu is not None else "")))
+                     + (f", MFU {100 * mfu:.1f} % (of the model's FLOPs: "
+                        f"{100 * result['estimated_mfu_analytic']:.1f} %)" if mfu is not None else "")))
     for c in result["collectives"]:
         rows.append((f"  {c['kind']}", f"{c['count']} ops, {c['bytes'] / 2**20:.1f} MiB"))
     rows.append(("compile", f"{result['compile_s']:.1f} s (lowering {result['lower_s']:.1f} s)"))

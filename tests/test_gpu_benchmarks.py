@@ -17,7 +17,7 @@ def tool():
 
 def report(config, batch, pairs_per_s):
     return {"config": config, "batch_size": batch, "pairs_per_s": pairs_per_s, "num_devices": 1,
-            "device_kind": "NVIDIA H100 80GB HBM3", "backend": "gpu", "mfu": 0.3,
+            "device_kind": "NVIDIA H100 80GB HBM3", "backend": "gpu", "mfu": 0.3, "mfu_analytic": 0.28,
             "achieved_tflops": 296.7, "step_time_s": {"median": batch / pairs_per_s, "spread_pct": 2.0},
             "memory_per_device": {"peak_bytes_estimate": 3 << 30}, "notes": []}
 
@@ -38,7 +38,7 @@ def test_table_replaces_only_its_block(tool, tmp_path):
     tool.write_doc(doc, tool.table(rows, "python tools/gpu_benchmarks.py"))
     first = doc.read_text()
     assert first.startswith("# Benchmarks\n\nCPU figures stay.\n")
-    assert "| configs/clotho_late.py | 32 | 400.0 | 80.0 ms (2 %) | 296.7 | 30.0 % | 3.00 GiB |" in first
+    assert "| configs/clotho_late.py | 32 | 400.0 | 80.0 ms (2 %) | 296.7 | 30.0 % / 28.0 % | 3.00 GiB |" in first
     assert "| configs/clotho_late.py | 64 | out of memory |" in first
     tool.write_doc(doc, tool.table([report("configs/audiocaps_late.py", 32, 900.0)], "cmd"))
     second = doc.read_text()

@@ -104,8 +104,17 @@ def test_plan_table_rows_without_a_cost_model_time():
               "max_batch_search": {"tried": [[32, True, 1], [64, True, 2], [128, True, 3]]}}
     line = tool.row("clotho_late", "v5e:2x2", "base", result, ["python", "-m", "hybrid_jax.benchmark"])
     cells = [c.strip() for c in line.split("|")[1:-1]]
-    # 32+ per chip: every batch tried fitted; epoch = 19,195 pairs x 198.6 GFLOP / (0.35 x 4 x 197 TFLOP/s)
-    assert cells[3:8] == ["32+", "88 %", "199 (182)", "no cost-model time", "13.8 s"], cells
+    # 32+ per chip: every batch tried fitted. A JSON from before the benchmark reported the model's
+    # own FLOPs: counted from the config (182.6 GFLOP per pair); the epoch is in model FLOPs:
+    # 19,195 pairs x 182.6 GFLOP / (0.35 x 4 x 197 TFLOP/s).
+    assert cells[3:8] == ["32+", "88 %", "199 (183)", "no cost-model time", "12.7 s"], cells
+    reported = tool.row("clotho_late", "v5e:2x2", "base", {**result, "analytic_flops_per_pair": 150e9,
+                        "estimated_step_s": 0.1, "estimated_mfu": 0.0806}, ["python", "x"])
+    # 150 GFLOP x 128 pairs / 0.1 s / (4 x 197 TFLOP/s) = 24.4 %; AudioCaps epochs are 49,838 pairs.
+    assert [c.strip() for c in reported.split("|")[1:-1]][5:7] == ["199 (150)", "8.1 % / 24.4 %"]
+    audiocaps = tool.row("audiocaps_late", "v5e:2x2", "base", {**result, "analytic_flops_per_pair": 150e9},
+                         ["python", "x"])
+    assert [c.strip() for c in audiocaps.split("|")[1:-1]][7] == "27.1 s"
     with_time = {**result, "estimated_step_s": 0.1, "estimated_mfu": 0.0806}
     cells = [c.strip() for c in tool.efficiency_row("clotho_late", "v5e:2x2", "base", 32, with_time,
                                                     ["python", "x"]).split("|")[1:-1]]

@@ -132,6 +132,10 @@ def check_benchmark(ws: pathlib.Path, result):
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["batch_size"] == 8 and report["pairs_per_s"] > 0 and report["flops_per_step"] > 0
     assert report["mfu"] is not None and report["config"] == "configs/clotho_late.py"
+    # The model's own FLOPs (hybrid_jax.flops) and the MFU they give.
+    assert report["analytic_flops_per_pair"] > 0 and report["model_tflops"] > 0
+    assert report["mfu_analytic"] == pytest.approx(
+        report["model_tflops"] / (report["peak_tflops_per_device"] * report["num_devices"]))
 
 
 def check_plan(generation: str, batch: int | None):

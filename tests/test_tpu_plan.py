@@ -110,8 +110,13 @@ def test_report_and_table(compiled_step, target):
     assert result["flops_per_chip_step"] > 0 and result["estimated_step_s"] > 0
     assert result["flops_per_pair"] == pytest.approx(result["flops_per_chip_step"] * 4 / GLOBAL_BATCH)
     assert 0 < result["estimated_mfu"] < 1
+    # The model's own FLOPs next to the compiled program's, and the MFU of each.
+    analytic = plan.analytic_flops(compiled_step.config, compiled_step.model).training
+    assert result["analytic_flops_per_pair"] == analytic > 0
+    assert result["estimated_mfu_analytic"] == pytest.approx(
+        result["estimated_mfu"] * analytic / result["flops_per_pair"])
     text = plan.table(result)
-    assert "fits in HBM" in text and "collective-permute" in text
+    assert "fits in HBM" in text and "collective-permute" in text and "the model's own" in text
 
 
 # The audit's checks fail where they should, on small programs compiled for the same chips.

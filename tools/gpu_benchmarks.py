@@ -87,7 +87,10 @@ def table(rows: list[dict], command: str) -> str:
     lines = [START, "", f"Train step in bfloat16 on {first.get('num_devices', '?')} x "
              f"{first.get('device_kind', '?')} ({first.get('backend', '?')}), "
              f"{datetime.date.today().isoformat()}; command: `{command}`.", "",
-             "| config | batch | pairs/s | step (median, IQR %) | TFLOP/s | MFU | peak memory per device | notes |",
+             ("MFU: of the compiled program's FLOPs (XLA's cost analysis) / of the model's own "
+              "(`hybrid_jax.flops`, no recomputation)."), "",
+             ("| config | batch | pairs/s | step (median, IQR %) | TFLOP/s | MFU (compiled / model) | "
+              "peak memory per device | notes |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r.get("oom"):
@@ -95,7 +98,8 @@ def table(rows: list[dict], command: str) -> str:
             continue
         step = r["step_time_s"]
         memory = r["memory_per_device"].get("peak_bytes_estimate", 0) / 2**30
-        mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "-"
+        mfu = (f"{100 * r['mfu']:.1f} % / {100 * r['mfu_analytic']:.1f} %"
+               if r.get("mfu") is not None else "-")
         lines.append(f"| {r['config']} | {r['batch_size']} | {r['pairs_per_s']:.1f} | "
                      f"{1e3 * step['median']:.1f} ms ({step['spread_pct']:.0f} %) | "
                      f"{r['achieved_tflops']:.1f} | {mfu} | {memory:.2f} GiB | "
