@@ -143,6 +143,9 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
     # independent of what the backend's cost analysis sees (e.g. inside library custom calls).
     analytic = plan.analytic_flops(config, model).training
     model_tflops = analytic * size / median / 1e12
+    whole_step = plan.sub_batches(config) == 1
+    if not whole_step:
+        notes.append(plan.LOOP_CAVEAT.format(n=plan.sub_batches(config)))
     report = {
         "config": None,  # main() fills in the file name
         "backend": policy.platform,
@@ -174,7 +177,7 @@ def benchmark(config: ConfigDict, *, batch_size: int | None = None, num_steps: i
         "bytes_accessed_per_device_step": float(cost.get("bytes accessed", 0.0)),
         "achieved_tflops": achieved,
         "peak_tflops_per_device": peak_tflops,
-        "mfu": achieved / (peak_tflops * len(devices)) if peak_tflops else None,
+        "mfu": achieved / (peak_tflops * len(devices)) if peak_tflops and whole_step else None,
         "analytic_flops_per_pair": analytic,
         "model_tflops": model_tflops,
         "mfu_analytic": model_tflops / (peak_tflops * len(devices)) if peak_tflops else None,

@@ -169,3 +169,34 @@ def test_plan_table_rows_keep_the_command_that_computed_them(tmp_path):
                 if line.startswith("| clotho_late")]
     assert "--max-compiles=2 --start-per-chip=64" in v5p and "25.5 %" in v5p and "128+" in v5p
     assert "--max-compiles=6" in v6e and "--start-per-chip" not in v6e  # no record: the invocation's
+
+
+def test_cost_analysis_counts_a_loop_body_once():
+    """Why GradCache cells get no compiled FLOPs or MFU: XLA's cost analysis counts a while loop's
+    body once, whatever its trip count (here 8 matmuls in a fori_loop cost what one does)."""
+    import jax.numpy as jnp
+
+    from hybrid_jax import hlo
+
+    x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    once = jax.jit(lambda a: a @ a).lower(x).compile()
+    looped = jax.jit(lambda a: jax.lax.fori_loop(0, 8, lambda _, b: b @ a, a)).lower(x).compile()
+    assert hlo.cost(once)["flops"] == pytest.approx(2 * 64**3, rel=0.01)
+    assert hlo.cost(looped)["flops"] < 2 * hlo.cost(once)["flops"]
+
+
+def test_gradcache_steps_are_flagged_and_get_no_mfu():
+    from ml_collections import ConfigDict
+
+    def config(batch, micro):
+        return ConfigDict({"train": {"batch_size": batch, "microbatch_size": micro}})
+    assert [plan.sub_batches(config(512, m)) for m in (0, 32, 512, 1024)] == [1, 16, 1, 1]
+    tool = plan_table_tool()
+    result = {"chips": 4, "batch_size": 512, "fits": True, "hbm_used_fraction": 0.5566,
+              "flops_per_pair": 16.35e9, "analytic_flops_per_pair": 182.6e9,
+              "peak_bf16_tflops_per_chip": 197.0, "estimated_step_s": 0.01, "estimated_mfu": 0.9,
+              "step_options": {"microbatch_size": 32, "accumulation": "gradcache", "loss_impl": "ring"},
+              "max_batch_search": {"tried": [[512, True, 1]]}}
+    cells = [c.strip() for c in tool.row("clotho_late", "v5e:2x2", "gradcache+ring", result,
+                                         ["python", "x"]).split("|")[1:-1]]
+    assert cells[3:7] == ["128+", "56 %", "loop counted once (183)", "GradCache loop counted once"], cells

@@ -138,18 +138,20 @@ def row(config: str, topology: str, variant: str, result: dict | None, cmd: list
     chip_count = result["chips"]
     per_chip = result["batch_size"] / chip_count
     capped = all(ok for _, ok, _ in tried)  # never hit the HBM: the search's limit, not the chip's
-    gflop = result["flops_per_pair"] / 1e9
     analytic = analytic_flops(config, result)
+    micro = result.get("step_options", {}).get("microbatch_size", 0) or 0
+    looped = 0 < micro < result["batch_size"]  # XLA's cost analysis counts the loop body once
+    compiled = "loop counted once" if looped else f"{result['flops_per_pair'] / 1e9:.0f}"
     peak = result["peak_bf16_tflops_per_chip"] * 1e12 * chip_count
     # MFU counts the model's FLOPs: recomputation (remat, or XLA's under memory pressure) is
     # part of what lowers it, not work done.
     epoch_s = CONFIGS[config][1] * analytic / (PLANNED_MFU * peak)
-    mfu = estimate(result, "estimated_mfu", 100, "%")
-    if "estimated_step_s" in result:
+    mfu = "GradCache loop counted once" if looped else estimate(result, "estimated_mfu", 100, "%")
+    if "estimated_step_s" in result and not looped:
         model_mfu = analytic * result["batch_size"] / result["estimated_step_s"] / peak
         mfu += f" / {100 * model_mfu:.1f} %"
     return (f"| {config} | {topology} | {variant} | {per_chip:g}{'+' if capped else ''} | "
-            f"{100 * result['hbm_used_fraction']:.0f} % | {gflop:.0f} ({analytic / 1e9:.0f}) | "
+            f"{100 * result['hbm_used_fraction']:.0f} % | {compiled} ({analytic / 1e9:.0f}) | "
             f"{mfu} | {epoch_s:.1f} s | `{shown}` |")
 
 
