@@ -22,6 +22,26 @@ def define_config_flag(help_text: str = "Experiment config file (configs/*.py)."
     config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
 
 
+def load_config_file(path: str | pathlib.Path):
+    """``get_config()`` of an experiment config file, for tools that take no ``--config`` flag.
+
+    The configs import their shared defaults as ``configs.base``, so the folder above the file's
+    is put on ``sys.path`` (a checkout's root, whatever the working directory)."""
+    import importlib.util
+    import sys
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    root = str(path.resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def define_multihost_flags() -> None:
     """Flags of ``hybrid_jax.distributed.initialize`` (environment and cluster detection otherwise)."""
     flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 ('auto': JAX detects).")

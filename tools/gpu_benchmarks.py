@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import datetime
-import importlib.util
 import json
 import pathlib
 import shlex
@@ -32,12 +31,9 @@ TABLE_I = ("configs/clotho_late.py", "configs/clotho_large_late.py", "configs/au
 def load_config(path: str, overrides: list[str]):
     """A config file's ``get_config()`` plus ``key=value`` overrides (values as Python literals,
     else strings; ConfigDict checks their types)."""
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    if spec is None or not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from hybrid_jax import cli
+
+    config = cli.load_config_file(path)
     for override in overrides:
         key, _, text = override.partition("=")
         try:

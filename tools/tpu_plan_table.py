@@ -16,7 +16,6 @@ with the command that produced it; cells not run say so. Compiles of the full-si
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import shlex
@@ -79,15 +78,10 @@ def analytic_flops(config: str, result: dict) -> float:
     at the cell's batch (no compilation)."""
     if "analytic_flops_per_pair" in result:
         return result["analytic_flops_per_pair"]
-    from hybrid_jax import plan
+    from hybrid_jax import cli, plan
     from hybrid_jax.backend.policy import Policy
 
-    if str(ROOT) not in sys.path:  # the config files import ``configs.base``
-        sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location(config, ROOT / CONFIGS[config][0])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = cli.load_config_file(ROOT / CONFIGS[config][0])
     cfg.train.batch_size = result["batch_size"]
     model, _ = plan.model_for(cfg.model, Policy("tpu"))
     return plan.analytic_flops(cfg, model).training
