@@ -31,7 +31,7 @@ from hybrid_jax.models import frontend
 from hybrid_jax.models.bert import BertConfig
 from hybrid_jax.models.mobilenet import channel_plan
 
-EFFICIENTAT_CLASSES = 527  # AudioSet: the classifier EfficientAT's README counts in its MACs
+AUDIOSET_CLASSES = 527  # the classifier EfficientAT's README counts in its MACs
 TRAINING_FACTOR = 3  # forward + backward (twice the forward)
 
 
@@ -46,6 +46,17 @@ def linear_macs(rows: int, fan_in: int, fan_out: int, bias: bool = True) -> int:
     return rows * fan_out * (fan_in + int(bias))
 
 
+def _block_maps(plan, n_mels: int, frames: int):
+    """(block, input map (F, T), output map (F, T)) of each inverted-residual block, after the
+    stride-2 stem."""
+    f, t = _same_out(n_mels, 3, 2), _same_out(frames, 3, 2)
+    for block in plan.blocks:
+        k, s = block.spec.kernel, block.spec.stride
+        out_f, out_t = _same_out(f, k, s), _same_out(t, k, s)
+        yield block, (f, t), (out_f, out_t)
+        f, t = out_f, out_t
+
+
 def mobilenet_macs(width_mult: float, n_mels: int, frames: int, num_classes: int = 0,
                    bias: bool = True) -> int:
     """MACs of EfficientAT's MobileNetV3 on one [n_mels, frames] mel window: stem, the 15
@@ -53,19 +64,18 @@ def mobilenet_macs(width_mult: float, n_mels: int, frames: int, num_classes: int
     mlp classifier when ``num_classes`` (the retrieval model has none). Convs carry no bias (batch
     norm follows); the SE and classifier linears do (``bias=False`` leaves their biases out)."""
     plan = channel_plan(width_mult)
-    f, t = _same_out(n_mels, 3, 2), _same_out(frames, 3, 2)
-    macs = 3 * 3 * plan.stem * f * t  # stem: 1 input channel, stride 2
-    for block in plan.blocks:
+    macs = 3 * 3 * plan.stem * _same_out(n_mels, 3, 2) * _same_out(frames, 3, 2)  # stem: 1 channel in
+    area = 0
+    for block, inp, out in _block_maps(plan, n_mels, frames):
+        area = out[0] * out[1]
         if block.expanded != block.inp:
-            macs += block.inp * block.expanded * f * t
-        f, t = (_same_out(f, block.spec.kernel, block.spec.stride),
-                _same_out(t, block.spec.kernel, block.spec.stride))
-        macs += block.spec.kernel ** 2 * block.expanded * f * t  # depthwise: one input channel per output
+            macs += block.inp * block.expanded * inp[0] * inp[1]
+        macs += block.spec.kernel ** 2 * block.expanded * area  # depthwise: one input channel per output
         if block.squeeze:  # on the pooled [C] vector: one row each
             macs += (linear_macs(1, block.expanded, block.squeeze, bias)
                      + linear_macs(1, block.squeeze, block.expanded, bias))
-        macs += block.expanded * block.out * f * t
-    macs += plan.blocks[-1].out * plan.last_conv * f * t
+        macs += block.expanded * block.out * area
+    macs += plan.blocks[-1].out * plan.last_conv * area
     if num_classes:
         macs += (linear_macs(1, plan.last_conv, plan.head_hidden, bias)
                  + linear_macs(1, plan.head_hidden, num_classes, bias))
@@ -98,17 +108,14 @@ def bert_macs(config: BertConfig, length: int, bias: bool = True) -> int:
 
 
 def audio_tokens(model, num_samples: int) -> tuple[int, int, int, int]:
-    """(windows, tokens, token width, mel frames per window) of the audio tower on a clip."""
+    """(windows, samples per window, tokens, token width) of the audio tower on a clip."""
     settings = model.audio
     window = round(settings.window_seconds * settings.mel.sample_rate)
     windows = -(-num_samples // window)
-    frames = settings.mel.num_frames(window)
     plan = channel_plan(settings.width_mult)
-    t = _same_out(frames, 3, 2)
-    for block in plan.blocks:
-        t = _same_out(t, block.spec.kernel, block.spec.stride)
-    per_window = 1 if settings.tokens == "window" else t
-    return windows, windows * per_window, plan.last_conv, frames
+    _, _, (_, time_steps) = list(_block_maps(plan, settings.mel.n_mels, settings.mel.num_frames(window)))[-1]
+    per_window = 1 if settings.tokens == "window" else time_steps  # frame tokens: the final map's T'
+    return windows, window, windows * per_window, plan.last_conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +161,8 @@ def pair_flops(model, num_samples: int, text_length: int, global_batch: int,
     front = cnn = pool = heads = 0.0
     if fusion != "metadata_only":
         settings = model.audio
-        windows, tokens, width, frames = audio_tokens(model, num_samples)
-        window = round(settings.window_seconds * settings.mel.sample_rate)
+        windows, window, tokens, width = audio_tokens(model, num_samples)
+        frames = settings.mel.num_frames(window)
         stft = backend_policy.local().stft if settings.stft == "auto" else settings.stft  # as AudioTower
         front = windows * frontend_flops(settings.mel, window, stft)
         cnn = 2.0 * windows * mobilenet_macs(settings.width_mult, settings.mel.n_mels, frames, bias=bias)

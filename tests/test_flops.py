@@ -19,10 +19,10 @@ from hybrid_jax.models.retrieval import AudioSettings, PoolingSettings, Retrieva
 
 def test_mn40_matches_efficientats_own_count():
     # EfficientAT's hook counter on mn40_as_ext, input 1 x 1 x 128 x 1000 (efficientat.md 2.8).
-    assert flops.mobilenet_macs(4.0, 128, 1000, num_classes=527) == 8_027_637_831
+    assert flops.mobilenet_macs(4.0, 128, 1000, num_classes=flops.AUDIOSET_CLASSES) == 8_027_637_831
     # Its README's rounded figures for the smaller widths.
-    assert round(flops.mobilenet_macs(1.0, 128, 1000, 527) / 1e9, 2) == 0.54
-    assert round(flops.mobilenet_macs(0.4, 128, 1000, 527) / 1e9, 2) == 0.11
+    assert round(flops.mobilenet_macs(1.0, 128, 1000, flops.AUDIOSET_CLASSES) / 1e9, 2) == 0.54
+    assert round(flops.mobilenet_macs(0.4, 128, 1000, flops.AUDIOSET_CLASSES) / 1e9, 2) == 0.11
 
 
 def test_bert_base_at_128_tokens_is_the_usual_11_billion_macs():
