@@ -171,6 +171,37 @@ def test_plan_table_rows_keep_the_command_that_computed_them(tmp_path):
     assert "--max-compiles=6" in v6e and "--start-per-chip" not in v6e  # no record: the invocation's
 
 
+def test_planning_doc_rows_are_the_recorded_cells(tmp_path):
+    """docs/tpu_planning.md's rows come from the compilations recorded in docs/tpu_plan: the
+    table rewritten from those JSON files (as a user rewrites it, with ``--table-only``) has each
+    of its rows in the doc, and every doc row that names a JSON there has it."""
+    import os
+    import pathlib
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parents[1]
+    recorded = root / "docs" / "tpu_plan"
+    cells = sorted(recorded.glob("*.json"))
+    assert cells, f"no recorded cells in {recorded}"
+    for path in cells:
+        shutil.copy(path, tmp_path)
+        shutil.copy(path.with_suffix(".command"), tmp_path)
+    subprocess.run([sys.executable, "tools/tpu_plan_table.py", f"--out={tmp_path}", "--table-only"],
+                   cwd=root, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(root)})
+    rows = [line for line in (tmp_path / "table.md").read_text().splitlines()
+            if line.startswith("| ") and "| not run |" not in line and not line.startswith(("| config", "| ---"))]
+    assert len(rows) == len(cells)
+    doc = (root / "docs" / "tpu_planning.md").read_text()
+    doc_lines = set(doc.splitlines())
+    for line in rows:
+        assert line in doc_lines, f"docs/tpu_planning.md lacks the recorded row\n{line}"
+    for name in re.findall(r"--json-out (docs/tpu_plan/\S+\.json)", doc):
+        assert (root / name).exists(), f"docs/tpu_planning.md cites {name}, which is not there"
+
+
 def test_cost_analysis_counts_a_loop_body_once():
     """Why GradCache cells get no compiled FLOPs or MFU: XLA's cost analysis counts a while loop's
     body once, whatever its trip count (here 8 matmuls in a fori_loop cost what one does)."""
