@@ -226,7 +226,8 @@ def compile_only(f, config_name: str) -> None:
         result = found["largest"] or {"fits": False, "topology": f.topology, "chips": len(devices),
                                       "batch_size": None}
         result = {**result, "max_batch_search": {"tried": found["tried"],
-                                                 "granularity": found["granularity"]}}
+                                                 "granularity": found["granularity"],
+                                                 "refused": found["refused"]}}
     else:
         size = f["batch-size"].value or f.config.train.batch_size
         result = plan.try_batch(f.config, devices, chip, f.topology, size, hlo_out=f["hlo-out"].value)

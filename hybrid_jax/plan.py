@@ -253,9 +253,11 @@ def max_batch(config: ConfigDict, devices, chip, topology: str, *,
     Doubles the batch from ``start_per_chip`` pairs per chip until a step does not fit, then
     bisects, taking the batch where the linear fit of peak memory against batch meets the HBM
     as the next guess when it lies inside the bracket. Returns {"largest": report of the largest
-    fitting batch (None if none), "tried": [(batch, fits, peak bytes or None), ...]}."""
+    fitting batch (None if none), "tried": [(batch, fits, peak bytes or None), ...], "refused":
+    {batch: the compiler's out-of-HBM message}} (the message says by how much it overflowed,
+    which a search where nothing fits would otherwise lose)."""
     unit = batch_granularity(config, devices)
-    fits, fails, tried, best = None, None, [], None
+    fits, fails, tried, best, refused = None, None, [], None, {}
 
     def attempt(batch):
         nonlocal fits, fails, best
@@ -269,6 +271,7 @@ def max_batch(config: ConfigDict, devices, chip, topology: str, *,
             fits, best = batch, result
         else:
             fails = batch
+            refused[batch] = result.get("compiler_message")
 
     batch = max(unit, -(-start_per_chip * len(devices) // unit) * unit)
     while len(tried) < max_compiles and fails is None:
@@ -283,7 +286,7 @@ def max_batch(config: ConfigDict, devices, chip, topology: str, *,
         attempt(batch)
     while fails is not None and fits is None and len(tried) < max_compiles and fails > unit:
         attempt(max(unit, fails // 2 // unit * unit))  # even the first guess was too large
-    return {"largest": best, "tried": tried, "granularity": unit}
+    return {"largest": best, "tried": tried, "granularity": unit, "refused": refused}
 
 
 def _linear_guess(tried, hbm: int, unit: int) -> int | None:

@@ -26,7 +26,7 @@ def search(monkeypatch, peak_of_batch, hbm_gib: float, **kwargs):
         compiled.append(batch)
         peak = peak_of_batch(batch)
         if peak > chip_.hbm_bytes:
-            return plan.did_not_fit(devices, chip_, topology, batch, "exceeds available HBM")
+            return plan.did_not_fit(devices, chip_, topology, batch, f"needs {peak / GIB:.2f}G: exceeds available HBM")
         return {"fits": True, "batch_size": batch, "memory_per_chip": {"peak_bytes_estimate": peak}}
 
     monkeypatch.setattr(plan, "try_batch", try_batch)
@@ -68,6 +68,8 @@ def test_a_first_batch_too_large_is_halved_until_one_fits(monkeypatch):
 def test_nothing_fits_and_the_budget_is_kept(monkeypatch):
     result = search(monkeypatch, linear(100.0, 1.0), 16.0, start_per_chip=2)
     assert result["largest"] is None and [ok for _, ok, _ in result["tried"]] == [False, False]
+    # what the compiler said about each refused batch is kept: by how much it overflowed
+    assert result["refused"] == {8: "needs 108.00G: exceeds available HBM", 4: "needs 104.00G: exceeds available HBM"}
     result = search(monkeypatch, linear(1.0, 0.001), 16.0, start_per_chip=2, max_compiles=3)
     assert len(result["tried"]) == 3 and result["largest"]["batch_size"] == 32  # stopped by the budget
 
