@@ -168,11 +168,19 @@ FLOAT32_ALLOWED = (r"jit\(fft\)", r"audio_tower/btn,nk->btk", r"audio_tower/mk,b
                    r"attention/self/btnh,bsnh->bnts", r"logits")
 
 
-def audit(text: str, *, dtype: str, global_batch: int | None = None, local_batch: int | None = None) -> list[str]:
+# FSDP gathers each parameter once per use: the forward, the backward, a remat replay, GradCache's
+# second pass. More all-gather traffic than that is activations (which grow with the batch).
+GATHER_LIMIT = 4
+
+
+def audit(text: str, *, dtype: str, global_batch: int | None = None, local_batch: int | None = None,
+          param_bytes: int | None = None) -> list[str]:
     """Problems of an accelerator program (empty if none): ops from the CPU-only kernels;
     float32 dots/convolutions outside ``FLOAT32_ALLOWED`` when ``dtype`` is bfloat16; with
     ``global_batch`` (and the per-device ``local_batch``), logits of a device's queries against
-    the whole batch (which a ring loss never holds: it sees [local, local] blocks)."""
+    the whole batch (which a ring loss never holds: it sees [local, local] blocks); with
+    ``param_bytes`` (the whole parameters' size), all-gathers that move more than
+    ``GATHER_LIMIT`` times it per device, i.e. activations gathered under FSDP."""
     parsed = instructions(text)
     kernel_ops = collections.Counter(scope for ins in parsed for scope in CPU_KERNEL_SCOPES
                                      if scope in ins.op_name)
@@ -186,6 +194,11 @@ def audit(text: str, *, dtype: str, global_batch: int | None = None, local_batch
     if global_batch:
         problems += [f"[{local_batch or global_batch} or {global_batch}, {global_batch}] logits: {s}"
                      for s in logit_arrays(parsed, global_batch, local_batch or global_batch)]
+    if param_bytes:
+        moved = sum(c["bytes"] for c in collectives(text) if c["kind"] == "all-gather")
+        if moved > GATHER_LIMIT * param_bytes:
+            problems.append(f"all-gathers move {moved / 1e6:.1f} MB per device, more than {GATHER_LIMIT} x "
+                            f"the parameters' {param_bytes / 1e6:.1f} MB: activations are gathered")
     return problems
 
 

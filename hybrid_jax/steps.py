@@ -117,7 +117,7 @@ def make_train_step(model: RetrievalModel, tx: optax.GradientTransformation, sch
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         loss, logit_params, grads, batch_stats, extra = gradients(
-            state.params, state.batch_stats, batch, rng)
+            sharding.gathered(state.params, mesh), state.batch_stats, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -155,6 +155,7 @@ def jit_embed(model: RetrievalModel, method: str, variables_shardings, mesh: Mes
     The outputs are small, so they are replicated: every process can read all of them."""
 
     def embed(variables, batch):
+        variables = sharding.gathered(variables, mesh)
         return model.apply(variables, batch, train=False, method=getattr(RetrievalModel, method))
 
     return jax.jit(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                 reason="libtpu not installed (pip install -r requirements-tpu.txt)")
 
 from model_files import tiny_demo_config  # noqa: E402
-from hybrid_jax import hlo, losses, plan, sharding  # noqa: E402
+from hybrid_jax import hlo, losses, plan, sharding, steps  # noqa: E402
 from hybrid_jax.backend import chips, depthwise  # noqa: E402
 from hybrid_jax.models import mobilenet  # noqa: E402
 from hybrid_jax.models.bert import BertConfig  # noqa: E402
@@ -73,8 +73,13 @@ def test_the_step_is_the_tpu_program(compiled_step):
     assert {d.platform for d in compiled_step.mesh.devices.flat} == {"tpu"}
 
 
-def test_audit_holds(program):
-    assert hlo.audit(program, dtype="bfloat16", global_batch=GLOBAL_BATCH, local_batch=GLOBAL_BATCH // 4) == []
+def _param_bytes(params) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+def test_audit_holds(program, compiled_step):
+    assert hlo.audit(program, dtype="bfloat16", global_batch=GLOBAL_BATCH, local_batch=GLOBAL_BATCH // 4,
+                     param_bytes=_param_bytes(compiled_step.state.params)) == []
     # The ring loss's loop and its blocks are there; the FSDP all-gathers too.
     kinds = {c["kind"] for c in hlo.collectives(program)}
     assert {"all-gather", "collective-permute"} <= kinds
@@ -182,6 +187,17 @@ def test_audit_finds_global_logits_of_the_plain_loss(target):
     text = _compile(plain, emb, emb, ids)
     problems = hlo.audit(text, dtype="float32", global_batch=GLOBAL_BATCH, local_batch=GLOBAL_BATCH // 4)
     assert any("logits" in p for p in problems)
+
+
+def test_audit_finds_activations_gathered_under_fsdp(compiled_step):
+    """The tiny step's gradient with the parameters left split over fsdp (no ``sharding.gathered``):
+    XLA's partitioner follows the split kernels into the CNN and all-gathers its activations, and
+    the audit says so. (The train step gathers the parameters: ``test_audit_holds``.)"""
+    config, mesh, state = compiled_step.config, compiled_step.mesh, compiled_step.state
+    gradients = steps.make_gradient_fn(compiled_step.model, mesh=mesh)
+    text = _compile(gradients, state.params, state.batch_stats, plan.abstract_batch(config, mesh), state.rng)
+    problems = hlo.audit(text, dtype="bfloat16", param_bytes=_param_bytes(state.params))
+    assert any("activations are gathered" in p for p in problems), problems
 
 
 def test_out_of_memory_is_recognised(target):
