@@ -271,3 +271,19 @@ def test_breakdown_charges_a_prefetch_once_and_a_copy_twice():
 
     assert charged("S(1)") == [size]
     assert charged("") == [2 * size]
+
+
+def test_cost_model_probe_runs():
+    """``tools/cost_model_probe.py`` as a user runs it (small batch): every probe has a cost-model
+    time, and the depthwise probes see the fused kernel read less than the grouped convolution."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, "tools/cost_model_probe.py", "--batch=4"], cwd=root, check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}).stdout
+    rows = {line[:40].strip(): line[40:].split() for line in out.splitlines()[1:] if line.strip()}
+    assert len(rows) == 9 and all(r[1] == "ms" for r in rows.values()), out
+    assert float(rows["fused depthwise, forward"][2]) < float(rows["grouped conv, forward"][2])
