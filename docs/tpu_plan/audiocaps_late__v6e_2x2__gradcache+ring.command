@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/audiocaps_late.py", "--topology", "v6e:2x2", "--max-batch", "--max-compiles=1", "--start-per-chip=256", "--json-out", "docs/tpu_plan/audiocaps_late__v6e_2x2__gradcache+ring.json", "--config.train.microbatch_size=32", "--config.train.loss_impl=ring"]
