@@ -122,7 +122,7 @@ def make_train_step(model: RetrievalModel, tx: optax.GradientTransformation, sch
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "train/loss": loss,
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
             **extra,
         }
