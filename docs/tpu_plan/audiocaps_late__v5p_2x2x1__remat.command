@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/audiocaps_late.py", "--topology", "v5p:2x2x1", "--max-batch", "--max-compiles=1", "--start-per-chip=128", "--json-out", "docs/tpu_plan/audiocaps_late__v5p_2x2x1__remat.json", "--config.model.audio.remat=True", "--config.model.text.remat=True"]
