@@ -7,6 +7,9 @@ Compile-only (plan a TPU run on any host; needs requirements-tpu.txt):
          --batch-size 4096 [--max-batch] [--json-out FILE]
   compiles the same step for that TPU slice without running it (``hybrid_jax.plan``) and prints
   per-chip memory against HBM, FLOPs, the TPU cost model's step time, collectives, compile time.
+  ``--topology h100:8`` (or ``h200:2x8``: hosts x GPUs) does the same for NVIDIA GPUs through
+  XLA:GPU's deviceless compilation (needs requirements-gpu-plan.txt): memory and collectives,
+  no cost model.
 
 The step is the one ``hybrid_jax.train`` runs (``steps.make_train_step`` + ``jit_train_step``, the
 state from ``state.init_state``: mesh, FSDP rules, donation) on a synthetic batch of the config's
@@ -214,7 +217,7 @@ def main(argv):
 
 
 def compile_only(f, config_name: str) -> None:
-    """``--topology``: compile the step for a TPU slice on this host and print its plan."""
+    """``--topology``: compile the step for a TPU slice or GPU hosts on this host and print its plan."""
     jax.config.update("jax_platforms", "cpu")  # this host's own devices are not the target
     devices, chip = plan.target(f.topology)
     print(f"compiling {config_name} for {f.topology} ({len(devices)} x {devices[0].device_kind}) "
@@ -252,7 +255,8 @@ if __name__ == "__main__":
     flags.DEFINE_float("peak-tflops", None, "Peak TFLOP/s of one device, for MFU (e.g. H100 bf16 dense: 989).")
     flags.DEFINE_string("json-out", None, "Also write the report to this file.")
     flags.DEFINE_string("topology", None, "Compile only, for this TPU slice (v4:2x2x1, v5e:4x4, "
-                        "v5p:4x4x4, v6e:16x16, ...): needs requirements-tpu.txt, no TPU.")
+                        "v5p:4x4x4, v6e:16x16, ...: needs requirements-tpu.txt, no TPU) or these "
+                        "GPUs (h100:8, h200:2x8 = hosts x GPUs: needs requirements-gpu-plan.txt, no GPU).")
     flags.DEFINE_bool("max-batch", False, "With --topology: search the largest global batch that fits.")
     flags.DEFINE_integer("start-per-chip", plan.START_PER_CHIP,
                          "With --max-batch: first batch tried, pairs per chip.")

@@ -3,9 +3,9 @@
 ``compile_step`` builds the training state abstractly (``jax.eval_shape``: no parameter is
 allocated, no checkpoint is read; a missing tower is its architecture) and compiles the step
 ``hybrid_jax.train`` runs (the config's mesh, FSDP rules, GradCache, ring loss, remat, donation)
-for a list of target devices, e.g. a TPU slice's compile-only devices (``backend.chips``). Every
-backend choice comes from those devices (``backend.policy``), so a TPU compile on a CPU host is
-the TPU program. ``report`` reads what the compiler says about it: per-chip memory against the
+for a list of target devices, e.g. a TPU slice's or GPU hosts' compile-only devices
+(``backend.chips``). Every backend choice comes from those devices (``backend.policy``), so a TPU
+compile on a CPU host is the TPU program. ``report`` reads what the compiler says about it: per-chip memory against the
 chip's HBM, FLOPs, the cost model's time estimate, collectives. ``max_batch`` searches the
 largest global batch that fits. ``python -m hybrid_jax.benchmark --topology ...`` is the command.
 """
@@ -163,7 +163,8 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
     text = compiled.as_text()
     if hlo_out:
         pathlib.Path(hlo_out).write_text(text)
-    compiled_flops = float(cost.get("flops", 0.0))
+    # XLA:GPU's deviceless compile reports no cost analysis: then no FLOPs rather than zero.
+    compiled_flops = float(cost["flops"]) if cost.get("flops") else None
     analytic = analytic_flops(config, step.model)
     loops = sub_batches(config)
     seconds = float(cost.get("optimal_seconds", 0.0) or 0.0)
@@ -185,7 +186,7 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
         "num_params": sum(int(x.size) for x in jax.tree.leaves(step.state.params)),
         "memory_per_chip": memory,
         "flops_per_chip_step": compiled_flops,
-        "flops_per_pair": compiled_flops * len(devices) / size,
+        "flops_per_pair": compiled_flops * len(devices) / size if compiled_flops else None,
         "analytic_flops_per_pair": analytic.training,
         "analytic_flops": analytic.as_dict(),
         "bytes_accessed_per_chip_step": float(cost.get("bytes accessed", 0.0)),
@@ -202,7 +203,7 @@ def report(step: CompiledStep, chip: chips.Chip | None, topology: str | None = N
                    hbm_margin_bytes=chip.hbm_bytes - peak,
                    hbm_used_fraction=peak / chip.hbm_bytes,
                    peak_bf16_tflops_per_chip=chip.peak_bf16_tflops)
-    if seconds > 0 and loops == 1:  # XLA's TPU cost model; absent on other targets
+    if seconds > 0 and loops == 1 and compiled_flops:  # XLA's TPU cost model; absent on others
         out["estimated_step_s"] = seconds
         out["estimated_pairs_per_s"] = size / seconds
         if chip:  # of the compiled program's FLOPs (recomputation included), and of the model's
@@ -319,9 +320,10 @@ def table(result: dict) -> str:
         rows.append(("fits in HBM", f"{'yes' if result['fits'] else 'NO'}: "
                      f"{100 * result['hbm_used_fraction']:.1f} % of {gib(result['hbm_bytes_per_chip'])}, "
                      f"margin {gib(result['hbm_margin_bytes'])}"))
-    rows += [("FLOPs", f"{result['flops_per_chip_step'] / 1e12:.3f} TFLOP per chip per step, "
-              f"{result['flops_per_pair'] / 1e9:.1f} GFLOP per pair (the model's own: "
-              f"{result['analytic_flops_per_pair'] / 1e9:.1f})")]
+    model = f"the model's own: {result['analytic_flops_per_pair'] / 1e9:.1f} GFLOP per pair"
+    rows.append(("FLOPs", f"{result['flops_per_chip_step'] / 1e12:.3f} TFLOP per chip per step, "
+                 f"{result['flops_per_pair'] / 1e9:.1f} GFLOP per pair ({model.removesuffix(' per pair')})"
+                 if result["flops_per_chip_step"] else f"no cost analysis for this target ({model})"))
     if result.get("sub_batches", 1) > 1:
         rows.append(("FLOPs caveat", (f"a GradCache loop of {result['sub_batches']} sub-batches, "
                                       "counted once by the cost analysis")))
@@ -339,6 +341,5 @@ def table(result: dict) -> str:
 
 def target(topology: str) -> tuple[list, chips.Chip]:
     """Compile-only devices and the chip of a topology name (see ``backend.chips``)."""
-    chip, _ = chips.parse_topology(topology)
-    return chips.topology_devices(topology), chip
+    return chips.topology_devices(topology), chips.planning_chip(topology)
 

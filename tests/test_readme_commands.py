@@ -138,15 +138,18 @@ def check_benchmark(ws: pathlib.Path, result):
         report["model_tflops"] / (report["peak_tflops_per_device"] * report["num_devices"]))
 
 
-def check_plan(generation: str, batch: int | None):
+def check_plan(generation: str, batch: int | None, chips: int = 4, platform: str = "tpu"):
     def check(ws: pathlib.Path, result):
         report = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{"):])[0]
-        assert report["chips"] == 4 and report["platform"] == "tpu" and generation in report["topology"], report
+        assert report["chips"] == chips and report["platform"] == platform, report
+        assert generation in report["topology"], report
         assert report["fits"] and (batch is None or report["batch_size"] == batch), report
-        assert report["flops_per_chip_step"] > 0 and report["memory_per_chip"], report
+        assert report["memory_per_chip"], report
+        # XLA:GPU has no cost analysis: the GPU report has no compiled FLOPs, only the model's.
+        assert (report["flops_per_chip_step"] > 0) if platform == "tpu" else report["analytic_flops_per_pair"] > 0
         if batch is None:  # one compilation: the search itself is tested in test_plan_search.py
-            assert [tuple(t)[:2] for t in report["max_batch_search"]["tried"]] == [(8, True)], report
-            assert report["batch_size"] == 8
+            assert [tuple(t)[:2] for t in report["max_batch_search"]["tried"]] == [(2 * chips, True)], report
+            assert report["batch_size"] == 2 * chips
     return check
 
 
@@ -217,6 +220,7 @@ RECIPES = [
     Recipe("setup", ("tools/setup.sh",), ci_only=True),
     Recipe("pytest", ("-m", "pytest"), ci_only=True),
     Recipe("install_tpu_compiler", ("install", "-r", "requirements-tpu.txt"), ci_only=True, group="plan"),
+    Recipe("install_gpu_compiler", ("install", "-r", "requirements-gpu-plan.txt"), ci_only=True, group="plan"),
     Recipe("demo", ("-m", "hybrid_jax.train", "--config", "configs/demo.py"), DEMO,
            check=check_trained("workdirs/demo"), group="demo"),
     Recipe("demo_baseline", ("-m", "hybrid_jax.train", "--config", "configs/demo_baseline.py"), DEMO,
@@ -273,6 +277,10 @@ RECIPES = [
                                   "v5e:4x4", "--max-batch"),
            TINY_PLAN + ["--start-per-chip", "2", "--max-compiles", "1"],
            replace={"v5e:4x4": "v5e:2x2"}, needs=("convert_bert",), check=check_plan("v5e", None), group="plan"),
+    Recipe("plan_h100_max_batch", ("-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py", "--topology",
+                                   "h100:8", "--max-batch"),
+           TINY_PLAN + ["--start-per-chip", "2", "--max-compiles", "1"],
+           needs=("convert_bert",), check=check_plan("h100", None, chips=8, platform="gpu"), group="plan"),
 ]
 
 
