@@ -272,7 +272,10 @@ def max_batch(config: ConfigDict, devices, chip, topology: str, *,
             fits, best = batch, result
         else:
             fails = batch
-            refused[batch] = result.get("compiler_message")
+            # XLA:TPU refuses the program itself; XLA:GPU compiles it, and the peak says why not.
+            refused[batch] = result.get("compiler_message") or (
+                f"peak {peak / chips.GIB:.2f} GiB exceeds the {chip.hbm_bytes / chips.GIB:.2f} GiB "
+                "per chip a JAX process may allocate")
 
     batch = max(unit, -(-start_per_chip * len(devices) // unit) * unit)
     while len(tried) < max_compiles and fails is None:

@@ -233,3 +233,21 @@ def test_gradcache_steps_are_flagged_and_get_no_mfu():
     cells = [c.strip() for c in tool.row("clotho_late", "v5e:2x2", "gradcache+ring", result,
                                          ["python", "x"]).split("|")[1:-1]]
     assert cells[3:7] == ["128+", "56 %", "loop counted once (183)", "GradCache loop counted once"], cells
+
+
+def test_a_compiler_that_never_refuses_is_searched_by_the_peak(monkeypatch):
+    """XLA:GPU compiles any batch: the report's peak against the chip's memory decides, and the
+    search says so where the TPU compiler's message would be."""
+    chip = chips.Chip(name="gpu", device_kind="test", hbm_bytes=16 * GIB, peak_bf16_tflops=100.0, hbm_gbps=1000.0)
+
+    def try_batch(config, devices, chip_, topology, batch, text_config=None, hlo_out=None):
+        peak = int((1.0 + 0.1 * batch) * GIB)
+        return {"fits": peak <= chip_.hbm_bytes, "batch_size": batch, "memory_per_chip": {"peak_bytes_estimate": peak}}
+
+    monkeypatch.setattr(plan, "try_batch", try_batch)
+    config = base.get_config()
+    config.mesh.shape = (("data", 4), ("fsdp", 1))
+    result = plan.max_batch(config, jax.devices()[:4], chip, "gpu:4", start_per_chip=32, max_compiles=2,
+                            log=lambda _: None)
+    assert result["largest"]["batch_size"] == 128 and [b for b, _, _ in result["tried"]] == [128, 256]
+    assert result["refused"] == {256: "peak 26.60 GiB exceeds the 16.00 GiB per chip a JAX process may allocate"}

@@ -1,4 +1,5 @@
-"""The TPU planning table: largest batch per chip of the Table I configs on v4/v5e/v5p/v6e slices.
+"""The planning table: largest batch per chip of the Table I configs on v4/v5e/v5p/v6e slices and
+on hosts of 8 H100s or H200s (compile-only; GPUs through XLA:GPU's deviceless compilation).
 
 Run: nice python tools/tpu_plan_table.py --out workdirs/tpu_plan [--configs clotho_late,...]
          [--topologies v5p:2x2x1,...] [--variants base,remat,...] [--max-compiles 6]
@@ -50,7 +51,8 @@ VARIANTS = {
     "fsdp+gradcache+ring": ['--config.mesh.shape=(("data",1),("fsdp",-1))',
                             "--config.train.microbatch_size={micro}", "--config.train.loss_impl=ring"],
 }
-TOPOLOGIES = ("v4:2x2x1", "v5e:2x2", "v5p:2x2x1", "v6e:2x2")
+# TPU slices of 4 chips, and one host of 8 GPUs (XLA:GPU's deviceless compile: memory only).
+TOPOLOGIES = ("v4:2x2x1", "v5e:2x2", "v5p:2x2x1", "v6e:2x2", "h100:8", "h200:8")
 PLANNED_MFU = 0.35
 
 
@@ -139,7 +141,8 @@ def row(config: str, topology: str, variant: str, result: dict | None, cmd: list
     analytic = analytic_flops(config, result)
     micro = result.get("step_options", {}).get("microbatch_size", 0) or 0
     looped = 0 < micro < result["batch_size"]  # XLA's cost analysis counts the loop body once
-    compiled = "loop counted once" if looped else f"{result['flops_per_pair'] / 1e9:.0f}"
+    compiled = ("loop counted once" if looped else "no cost analysis" if not result["flops_per_pair"]
+                else f"{result['flops_per_pair'] / 1e9:.0f}")
     peak = result["peak_bf16_tflops_per_chip"] * 1e12 * chip_count
     # MFU counts the model's FLOPs: recomputation (remat, or XLA's under memory pressure) is
     # part of what lowers it, not work done.
