@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/audiocaps_late.py", "--topology", "h100:8", "--max-batch", "--max-compiles=2", "--start-per-chip=128", "--json-out", "docs/tpu_plan/audiocaps_late__h100_8__base.json"]

@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/audiocaps_late.py", "--topology", "v4:2x2x1", "--max-batch", "--max-compiles=1", "--start-per-chip=256", "--json-out", "docs/tpu_plan/audiocaps_late__v4_2x2x1__remat.json", "--config.model.audio.remat=True", "--config.model.text.remat=True"]

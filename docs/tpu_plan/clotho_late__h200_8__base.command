@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py", "--topology", "h200:8", "--max-batch", "--max-compiles=2", "--start-per-chip=128", "--json-out", "docs/tpu_plan/clotho_late__h200_8__base.json"]

@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py", "--topology", "v5p:2x2x1", "--max-batch", "--max-compiles=1", "--start-per-chip=128", "--json-out", "docs/tpu_plan/clotho_late__v5p_2x2x1__base.json"]
