@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/audiocaps_late.py", "--topology", "v5e:2x2", "--max-batch", "--max-compiles=1", "--start-per-chip=128", "--json-out", "docs/tpu_plan/audiocaps_late__v5e_2x2__base.json"]

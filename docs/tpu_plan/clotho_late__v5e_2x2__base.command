@@ -1,0 +1,1 @@
+["/work/main/.venv/bin/python", "-m", "hybrid_jax.benchmark", "--config", "configs/clotho_late.py", "--topology", "v5e:2x2", "--max-batch", "--max-compiles=2", "--start-per-chip=48", "--json-out", "docs/tpu_plan/clotho_late__v5e_2x2__base.json"]
