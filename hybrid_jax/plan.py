@@ -5,9 +5,9 @@ allocated, no checkpoint is read; a missing tower is its architecture) and compi
 ``hybrid_jax.train`` runs (the config's mesh, FSDP rules, GradCache, ring loss, remat, donation)
 for a list of target devices, e.g. a TPU slice's or GPU hosts' compile-only devices
 (``backend.chips``). Every backend choice comes from those devices (``backend.policy``), so a TPU
-compile on a CPU host is the TPU program. ``report`` reads what the compiler says about it: per-chip memory against the
-chip's HBM, FLOPs, the cost model's time estimate, collectives. ``max_batch`` searches the
-largest global batch that fits. ``python -m hybrid_jax.benchmark --topology ...`` is the command.
+compile on a CPU host is the TPU program. ``report`` reads what the compiler says about it:
+per-chip memory against the chip's HBM, FLOPs, the cost model's time estimate, collectives.
+``max_batch`` searches the largest global batch that fits. ``python -m hybrid_jax.benchmark --topology ...`` is the command.
 """
 from __future__ import annotations
 

@@ -242,7 +242,8 @@ def test_a_compiler_that_never_refuses_is_searched_by_the_peak(monkeypatch):
 
     def try_batch(config, devices, chip_, topology, batch, text_config=None, hlo_out=None):
         peak = int((1.0 + 0.1 * batch) * GIB)
-        return {"fits": peak <= chip_.hbm_bytes, "batch_size": batch, "memory_per_chip": {"peak_bytes_estimate": peak}}
+        return {"fits": peak <= chip_.hbm_bytes, "batch_size": batch,
+                "memory_per_chip": {"peak_bytes_estimate": peak}}
 
     monkeypatch.setattr(plan, "try_batch", try_batch)
     config = base.get_config()

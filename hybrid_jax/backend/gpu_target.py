@@ -8,9 +8,9 @@ rates, memory size, library versions). The plugin carries XLA's own configs of t
 requested model from there, so the config always has the schema of the compiler that parses it
 (a copy kept in this project would go stale with the next plugin). ``devices`` then asks the
 plugin for a topology of that GPU: ``jax.jit(...).lower(...).compile()`` on a mesh of those
-devices is the program a host with those GPUs would compile (cuDNN convolutions, cuBLAS dots,
-bf16), and its ``memory_analysis()`` is the per-GPU memory. XLA:GPU has no cost model to report
-step time: only the memory and the program are planned here.
+devices is the program a host with those GPUs would compile (cuDNN convolutions, bf16), and its
+``memory_analysis()`` is the per-GPU memory. XLA:GPU has no cost model to report step time: only
+the memory and the program are planned here.
 """
 from __future__ import annotations
 
