@@ -111,11 +111,16 @@ def browser():
 def test_the_page_searches_plays_filters_and_searches_by_example(served):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver, profile = browser()
-    wait = WebDriverWait(driver, 120)
+    # A filter or a new search replaces the list's rows: a row found by one wait can be replaced
+    # before it is read (a StaleElementReferenceException in CI), so rows are read inside waits
+    # that retry on stale rows.
+    wait = WebDriverWait(driver, 120, ignored_exceptions=(StaleElementReferenceException,))
     rows = lambda: driver.find_elements(By.CSS_SELECTOR, "#results li")  # noqa: E731
+    names = lambda: [row.text.split("\n")[1] for row in rows()]  # noqa: E731
     try:
         driver.get(served["url"])
         wait.until(lambda d: "3 sounds in" in d.find_element(By.ID, "info").text)
@@ -133,12 +138,11 @@ def test_the_page_searches_plays_filters_and_searches_by_example(served):
         assert started == "playing"
         wait.until(lambda d: d.execute_script("return arguments[0].currentTime", player) > 0.3)
         driver.find_element(By.ID, "filter").send_keys("bark", Keys.ENTER)
-        wait.until(lambda d: len(rows()) == 1)
-        assert rows()[0].text.split("\n")[1] == "dog.wav"
+        wait.until(lambda d: names() == ["dog.wav"])
         driver.find_element(By.ID, "filter").clear()
         driver.find_element(By.ID, "file").send_keys(str(served["folder"] / "rain.wav"))  # search by example
         wait.until(lambda d: "for “rain.wav”" in d.find_element(By.ID, "status").text)
-        assert rows()[0].text.split("\n")[1] == "rain.wav"
+        wait.until(lambda d: names()[:1] == ["rain.wav"])
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
